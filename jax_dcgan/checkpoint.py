@@ -1,0 +1,86 @@
+"""Checkpoints: orbax step directories holding the train state and the config that made it.
+
+`convert` writes the same format as `train`, so `sample`, `eval` and `--resume`
+take either. Orbax writes each step into a temporary directory and renames it
+when complete, so a killed process never leaves a half-written step behind.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+from jax_dcgan.config import Config
+from jax_dcgan.errors import UserError
+from jax_dcgan.step import TrainState, create_train_state
+
+RUN_SUBDIR = "checkpoints"
+
+
+class Checkpoints:
+    """The checkpoints of one run: save every so often, keep the last few, restore any."""
+
+    def __init__(self, directory: str, keep: int = 3, read_only: bool = False):
+        self.directory = os.path.abspath(directory)
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
+                                               read_only=read_only)
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def save(self, state: TrainState, cfg: Config) -> None:
+        """Save `state` (one device's copy) under its step; returns once it is safe to donate."""
+        step = int(state.step)
+        if step in self._manager.all_steps():
+            return
+        self._manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(cfg.to_dict())))
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def restore(self, step: int | None = None) -> tuple[TrainState, Config]:
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise UserError(f"There is no complete checkpoint in {self.directory!r}.")
+        path = os.path.join(self.directory, str(step))
+        try:
+            cfg = Config.from_dict(self._manager.restore(
+                step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config)
+            abstract = jax.eval_shape(lambda: create_train_state(cfg))
+            state = self._manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract))).state
+        except UserError:
+            raise
+        except Exception as e:  # orbax and tensorstore raise many types for damaged files
+            raise UserError(
+                f"The checkpoint {path!r} could not be read ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:300]}). It is damaged or was written by a different "
+                "version or configuration; use an earlier step or train again.") from None
+        return state, cfg
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.close()
+
+
+def locate(path: str) -> tuple[str, int | None]:
+    """(checkpoints directory, step or None for the latest) for a run, checkpoints or step dir."""
+    path = os.path.abspath(path)
+    if not os.path.isdir(path):
+        raise UserError(
+            f"No checkpoint at {path!r}: give a run directory (from `jax-dcgan train`), its "
+            f"`{RUN_SUBDIR}` directory, one step inside it, or the output of `jax-dcgan convert`.")
+    if os.path.isdir(os.path.join(path, RUN_SUBDIR)):
+        return os.path.join(path, RUN_SUBDIR), None
+    if os.path.isdir(os.path.join(path, "state")) and os.path.basename(path).isdigit():
+        return os.path.dirname(path), int(os.path.basename(path))
+    return path, None
+
+
+def load(path: str) -> tuple[TrainState, Config]:
+    """The train state and config stored at `path` (see `locate`)."""
+    directory, step = locate(path)
+    return Checkpoints(directory, read_only=True).restore(step)

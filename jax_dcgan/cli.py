@@ -1,0 +1,156 @@
+"""`jax-dcgan train | sample | convert | eval | bench`.
+
+Every bad input ends as one paragraph on stderr and exit status 2 (a UserError),
+never a traceback. Heavy modules are imported inside the commands, so `--help`
+and argument errors are instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+
+from jax_dcgan.config import PRESETS, Config, preset
+from jax_dcgan.errors import UserError
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
+    """One flag per Config field (or the named ones), defaulting to 'not given'."""
+    parser.add_argument("--preset", choices=sorted(PRESETS),
+                        help="start from a named configuration; flags override it")
+    for f in dataclasses.fields(Config):
+        if only is not None and f.name not in only:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata['help']} (default: {f.default})"
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                                help=help_text)
+        else:
+            kind = {"int": int, "float": float, "str": str}[str(f.type)]
+            parser.add_argument(flag, type=kind, default=None, help=help_text,
+                                choices=f.metadata.get("choices"))
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    cfg = preset(args.preset) if args.preset else Config()
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
+             if getattr(args, f.name, None) is not None}
+    return cfg.replace(**given).validate()
+
+
+def _load_noise(path: str, latent_dim: int, num: int | None):
+    import numpy as np
+    try:
+        noise = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise UserError(f"Could not read the noise file {path!r} as a .npy array ({e}).") from None
+    if noise.ndim == 4 and noise.shape[2:] == (1, 1):  # PyTorch's (N, latent, 1, 1)
+        noise = noise[:, :, 0, 0]
+    if noise.ndim != 2 or noise.shape[1] != latent_dim or not np.issubdtype(noise.dtype, np.floating):
+        raise UserError(
+            f"The noise in {path!r} has shape {noise.shape} and dtype {noise.dtype}; this "
+            f"generator needs a float array of shape (N, {latent_dim}) (or (N, {latent_dim}, 1, 1)).")
+    if num is not None and num != noise.shape[0]:
+        raise UserError(f"--num {num} disagrees with the {noise.shape[0]} noise vectors in "
+                        f"{path!r}; leave out --num or give a matching file.")
+    return noise.astype(np.float32)
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from jax_dcgan import checkpoint, sample
+
+    if args.num is not None and args.num <= 0:
+        raise UserError(f"--num must be positive, got {args.num}.")
+    state, cfg = checkpoint.load(args.checkpoint)
+    if args.noise:
+        noise = _load_noise(args.noise, cfg.latent_dim, args.num)
+    else:
+        noise = sample.draw_noise(cfg, args.num or 64, args.seed)
+    images = np.asarray(sample.generate(cfg, sample.sampling_generator(state, cfg), noise,
+                                        args.bn == "batch"))
+    sample.save_png(sample.make_grid(images), args.out)
+    if args.save_array:
+        np.save(args.save_array, images.astype(np.float32))
+    print(f"wrote {len(images)} samples to {args.out}"
+          + (f" and {args.save_array}" if args.save_array else ""))
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    from jax_dcgan import checkpoint, convert
+
+    if args.from_torch:
+        import jax
+        import numpy as np
+
+        from jax_dcgan.step import create_train_state
+
+        if os.path.exists(args.out) and os.listdir(args.out):
+            raise UserError(f"{args.out!r} exists and is not empty; convert into a new directory "
+                            "so that nothing in it is overwritten.")
+        state_dict = convert.load_torch_file(args.from_torch)
+        base = preset(args.preset) if args.preset else Config()
+        cfg = convert.config_for_state_dict(state_dict, base).validate()
+        variables = convert.from_state_dict(state_dict, cfg)
+        variables = jax.tree.map(
+            lambda a: a.astype(np.float32) if np.issubdtype(a.dtype, np.floating) else a, variables)
+        checkpoints = checkpoint.Checkpoints(args.out)
+        checkpoints.save(create_train_state(cfg, variables), cfg)
+        checkpoints.wait()
+        print(f"wrote a step-0 checkpoint of {args.from_torch} to {args.out} "
+              f"(latent {cfg.latent_dim}, widths {cfg.gen_features}/{cfg.dis_features}, "
+              f"{cfg.image_size}x{cfg.image_size})")
+    else:
+        state, _ = checkpoint.load(args.to_torch)
+        convert.save_torch_file(convert.to_state_dict(
+            {"generator": state.generator, "discriminator": state.discriminator}), args.out)
+        print(f"wrote the lecture-format state dict of {args.to_torch} to {args.out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jax-dcgan", description="The DCGAN of STAT 453 L18.6 in JAX: exact and fast.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("sample", help="draw a grid of faces from a checkpoint")
+    p.add_argument("--checkpoint", required=True, help="run, checkpoints or step directory")
+    p.add_argument("--num", type=int, default=None, help="number of images (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the noise")
+    p.add_argument("--out", required=True, help="grid PNG to write")
+    p.add_argument("--noise", help="(N, latent) float32 .npy to use instead of drawing")
+    p.add_argument("--save-array", help="also write the images as (N, H, W, C) float32 .npy")
+    p.add_argument("--bn", choices=("running", "batch"), default="batch",
+                   help="BatchNorm statistics: running (eval mode) or the batch's own "
+                        "(train mode, as the lecture's grids); default batch")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("convert", help="convert between the lecture's .pt and a checkpoint")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--from-torch", metavar="MODEL.pt", help="lecture-format state dict")
+    which.add_argument("--to-torch", metavar="CKPT_DIR", help="checkpoint to export")
+    p.add_argument("--out", required=True, help="checkpoint directory or .pt file to write")
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help="activations of the converted model (--from-torch); default: the lecture's")
+    p.set_defaults(func=cmd_convert)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as e:
+        print(f"jax-dcgan {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"jax-dcgan {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

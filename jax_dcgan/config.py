@@ -1,0 +1,149 @@
+"""One typed configuration for model, optimiser, data and loop, plus named presets.
+
+Every field becomes a `jax-dcgan train` flag (see `cli.py`), so the help text
+lives here, next to the default it explains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any
+
+from jax_dcgan.errors import UserError
+
+
+def _field(default: Any, help: str, **choices: Any) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help, **choices})
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    # Data.
+    dataset: str = _field("synthetic", "image source", choices=("synthetic", "folder", "celeb_a"))
+    data_dir: str = _field("", "folder of images (--dataset folder) or tfds data dir (celeb_a)")
+    split: str = _field("train", "dataset split", choices=("train", "valid", "test", "all"))
+    crop_size: int = _field(160, "center crop before resizing (0: the largest centered square)")
+    image_size: int = _field(64, "side of the square images (a power of two, >= 16)")
+    num_synthetic: int = _field(20000, "number of built-in synthetic faces")
+    cache_dir: str = _field("", "where decoded datasets are cached (default ~/.cache/jax_dcgan)")
+    data_on_device: str = _field(
+        "auto", "keep the whole dataset on the accelerator", choices=("auto", "yes", "no"))
+
+    # Model.
+    latent_dim: int = _field(100, "size of the noise vector")
+    gen_features: int = _field(64, "generator width (channels of its last hidden layer)")
+    dis_features: int = _field(64, "discriminator width (channels of its first layer)")
+    channels: int = _field(3, "colour channels of the images")
+    gen_activation: str = _field(
+        "leaky_relu", "generator hidden activation", choices=("leaky_relu", "relu"))
+    gen_slope: float = _field(0.01, "negative slope of the generator's LeakyReLU")
+    dis_slope: float = _field(0.01, "negative slope of the discriminator's LeakyReLU")
+    weight_init: str = _field(
+        "torch", "weight init: PyTorch's defaults or DCGAN's N(0, 0.02)",
+        choices=("torch", "dcgan"))
+    dtype: str = _field(
+        "float32", "compute dtype (parameters, optimiser state and BatchNorm stay float32)",
+        choices=("float32", "bfloat16", "float64"))
+
+    # Optimiser (Adam for both networks).
+    lr_g: float = _field(2e-4, "generator learning rate")
+    lr_d: float = _field(2e-4, "discriminator learning rate")
+    beta1: float = _field(0.5, "Adam beta1")
+    beta2: float = _field(0.999, "Adam beta2")
+    eps: float = _field(1e-8, "Adam epsilon")
+
+    # Training-step variants the lecture discusses (all off in the `seed` preset).
+    fresh_noise: bool = _field(False, "draw new noise for the generator step")
+    label_flip: float = _field(0.0, "probability of flipping each discriminator label")
+    label_smoothing: float = _field(0.0, "one-sided smoothing: real label = 1 - this")
+    ema_decay: float = _field(0.0, "EMA of generator weights for sampling (0: off)")
+
+    # Loop.
+    batch_size: int = _field(128, "global batch size (split evenly over devices)")
+    epochs: int = _field(20, "epochs to train (ignored when --steps is set)")
+    steps: int = _field(0, "total training steps (0: use --epochs)")
+    seed: int = _field(42, "seed for initialisation, noise and data order")
+    log_every: int = _field(100, "steps between console lines and metric flushes")
+    checkpoint_every: int = _field(1000, "steps between checkpoints (also saved at the end)")
+    keep_checkpoints: int = _field(3, "how many recent checkpoints to keep")
+    eval_every: int = _field(0, "epochs between SWD/FID evaluations (0: off)")
+    eval_samples: int = _field(2048, "images generated for each evaluation")
+    devices: int = _field(0, "local devices to use (0: all)")
+    steps_per_dispatch: int = _field(1, "training steps fused into one device call")
+
+    def validate(self) -> "Config":
+        """Raise a UserError naming the first bad field; return self for chaining."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            choices = f.metadata.get("choices")
+            if choices and value not in choices:
+                raise UserError(
+                    f"--{_flag(f.name)} is {value!r}, which is not one of {', '.join(choices)}.")
+        positive = ("crop_size", "image_size", "num_synthetic", "latent_dim", "gen_features",
+                    "dis_features", "channels", "lr_g", "lr_d", "eps", "batch_size", "epochs",
+                    "log_every", "checkpoint_every", "keep_checkpoints", "eval_samples",
+                    "steps_per_dispatch")
+        for name in positive:
+            value = getattr(self, name)
+            if value <= 0 and not (name == "crop_size" and value == 0):
+                raise UserError(f"--{_flag(name)} must be positive, got {value}.")
+        for name in ("steps", "devices", "eval_every", "gen_slope", "dis_slope", "ema_decay",
+                     "label_flip", "label_smoothing"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{_flag(name)} must not be negative, got {getattr(self, name)}.")
+        for name in ("beta1", "beta2", "ema_decay", "label_flip", "label_smoothing"):
+            if not 0 <= getattr(self, name) < 1:
+                raise UserError(f"--{_flag(name)} must lie in [0, 1), got {getattr(self, name)}.")
+        if self.image_size < 16 or self.image_size & (self.image_size - 1):
+            raise UserError(
+                f"--image-size must be a power of two of at least 16, got {self.image_size}: "
+                "the networks double (halve) the resolution once per layer from (to) 4x4.")
+        if self.dataset == "folder" and not self.data_dir:
+            raise UserError("--dataset folder needs --data-dir DIR, a directory of images.")
+        return self
+
+    @property
+    def num_upsamplings(self) -> int:
+        """Stride-2 layers between 4x4 and the image size (4 for 64x64, as in the lecture)."""
+        return int(math.log2(self.image_size)) - 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Config":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+# Named starting points; flags override them.
+PRESETS: dict[str, dict[str, Any]] = {
+    # The lecture's run: CelebA, batch 128, 20 epochs, Adam 2e-4 (0.5, 0.999), seed 42.
+    "seed": dict(dataset="celeb_a"),
+    # The lecture's failing run: ReLU in G, LeakyReLU(0.2) in D; collapses after a while.
+    "seed-relu": dict(dataset="celeb_a", gen_activation="relu", dis_slope=0.2),
+    # Radford et al. (2016): ReLU in G, LeakyReLU(0.2) in D, N(0, 0.02) initialisation.
+    "dcgan-paper": dict(dataset="celeb_a", gen_activation="relu", dis_slope=0.2,
+                        weight_init="dcgan"),
+    # Small and fast enough for a 2-core CPU: a few minutes to recognisable faces.
+    "demo": dict(dataset="synthetic", num_synthetic=8192, gen_features=32, dis_features=32,
+                 batch_size=64, epochs=12, log_every=50, checkpoint_every=500),
+}
+
+
+def preset(name: str) -> Config:
+    if name not in PRESETS:
+        raise UserError(f"Unknown preset {name!r}. Known presets: {', '.join(PRESETS)}.")
+    return Config(**PRESETS[name])

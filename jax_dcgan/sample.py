@@ -1,0 +1,70 @@
+"""Generating images from a generator, and the lecture's 8-column sample grid."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from jax_dcgan.config import Config
+from jax_dcgan.models import Generator
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "batch_stats_mode"))
+def generate(cfg: Config, generator: dict, noise: jax.Array, batch_stats_mode: bool) -> jax.Array:
+    """Images in [-1, 1] for `noise` (N, latent).
+
+    `batch_stats_mode` normalises with the batch's own statistics, as the lecture's
+    grids do (its model stays in train mode); the updated running statistics are
+    discarded, so sampling never changes a model. Otherwise the running statistics
+    are used (eval mode).
+    """
+    variables = {"params": generator["params"], "batch_stats": generator["batch_stats"]}
+    if batch_stats_mode:
+        images, _ = Generator(cfg).apply(variables, noise, train=True, mutable=["batch_stats"])
+        return images
+    return Generator(cfg).apply(variables, noise, train=False)
+
+
+def sampling_generator(state, cfg: Config) -> dict:
+    """The generator to sample from: the EMA of its weights when the run keeps one."""
+    params = state.g_ema if cfg.ema_decay else state.generator["params"]
+    return {"params": params, "batch_stats": state.generator["batch_stats"]}
+
+
+def draw_noise(cfg: Config, num: int, seed: int) -> jax.Array:
+    return jax.random.normal(jax.random.PRNGKey(seed), (num, cfg.latent_dim), jnp.float32)
+
+
+def make_grid(images: np.ndarray, columns: int = 8, padding: int = 2) -> np.ndarray:
+    """torchvision's make_grid(normalize=True): min-max scaled to [0, 1], black padding.
+
+    `images` is (N, H, W, C); the result is a (rows, cols) mosaic as float32 HWC.
+    """
+    images = np.asarray(images, np.float32)
+    lo, hi = images.min(), images.max()
+    images = (images - lo) / max(hi - lo, 1e-5)
+    n, h, w, c = images.shape
+    cols = min(columns, n)
+    rows = -(-n // cols)
+    grid = np.zeros((rows * (h + padding) + padding, cols * (w + padding) + padding, c),
+                    np.float32)
+    for i, image in enumerate(images):
+        y, x = padding + (i // cols) * (h + padding), padding + (i % cols) * (w + padding)
+        grid[y:y + h, x:x + w] = image
+    return grid
+
+
+def save_png(image: np.ndarray, path: str) -> None:
+    """Write a [0, 1] float HWC image (as torchvision's save_image rounds it), atomically."""
+    pixels = np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)
+    if pixels.shape[-1] == 1:
+        pixels = pixels[..., 0]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}.png"
+    Image.fromarray(pixels).save(tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,209 @@
+"""The training step: one pure per-device function, wrapped once for jit and once for pmap.
+
+It does what the lecture's `train_gan_v1` does per batch (see
+`torch_reference/step.py`): one generator pass, a discriminator Adam step on
+0.5 * (BCE(D(real), 1) + BCE(D(fake), 0)) with two separate train-mode passes,
+then a generator Adam step through a third pass of the *updated* discriminator
+on the same fake batch.
+
+Randomness comes from `fold_in(state.rng, state.step)`, and every random draw is
+made for the global batch and sliced per device, so the result depends neither
+on how the batch is split over devices nor on where a run was resumed.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from jax_dcgan.config import Config
+from jax_dcgan.models import DTYPES, Discriminator, Generator, init_variables
+
+AXIS = "devices"
+METRICS = ("g_loss", "d_loss", "acc_real", "acc_fake")
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array            # int32 scalar: steps taken
+    rng: jax.Array             # uint32[2] raw key; per-step keys are folded from it
+    generator: dict            # {'params': ..., 'batch_stats': ...}
+    discriminator: dict
+    g_opt: optax.OptState
+    d_opt: optax.OptState
+    g_ema: dict                # EMA of the generator's params ({} when ema_decay == 0)
+
+
+def optimizers(cfg: Config) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
+    """torch.optim.Adam's math, for G and D."""
+    def adam(lr):
+        return optax.adam(lr, b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps)
+    return adam(cfg.lr_g), adam(cfg.lr_d)
+
+
+def create_train_state(cfg: Config, variables: dict | None = None, seed: int | None = None
+                       ) -> TrainState:
+    """A step-0 state, from given variables (e.g. converted from PyTorch) or fresh ones."""
+    key = jax.random.PRNGKey(cfg.seed if seed is None else seed)
+    init_key, rng = jax.random.split(key)
+    variables = variables or init_variables(cfg, init_key)
+    tx_g, tx_d = optimizers(cfg)
+    g_params = variables["generator"]["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), rng=rng,
+        generator=variables["generator"], discriminator=variables["discriminator"],
+        g_opt=tx_g.init(g_params), d_opt=tx_d.init(variables["discriminator"]["params"]),
+        g_ema=jax.tree.map(jnp.copy, g_params) if cfg.ema_decay else {})
+
+
+def normalize_images(images: jax.Array, dtype: Any) -> jax.Array:
+    """uint8 -> [-1, 1], the same float32 arithmetic as ToTensor + Normalize(0.5, 0.5)."""
+    x = images.astype(jnp.promote_types(dtype, jnp.float32)) / 255.0
+    return ((x - 0.5) / 0.5).astype(dtype)
+
+
+def _local(x: jax.Array, axis_name: str | None) -> jax.Array:
+    """This device's rows of an array drawn for the global batch."""
+    if axis_name is None:
+        return x
+    size = x.shape[0] // lax.psum(1, axis_name)
+    return lax.dynamic_slice_in_dim(x, lax.axis_index(axis_name) * size, size)
+
+
+def _pmean(tree: Any, axis_name: str | None) -> Any:
+    return tree if axis_name is None else lax.pmean(tree, axis_name)
+
+
+def step_key(state: TrainState) -> jax.Array:
+    return jax.random.fold_in(state.rng, state.step)
+
+
+def draw_step_randomness(key: jax.Array, cfg: Config, global_batch: int) -> dict[str, jax.Array]:
+    """Noise and label targets for one step's global batch (also used by the parity tests)."""
+    k_noise, k_gen, k_flip = jax.random.split(key, 3)
+    real = 1.0 - cfg.label_smoothing
+    flip = jax.random.bernoulli(k_flip, cfg.label_flip, (2, global_batch))
+    return {
+        "noise": jax.random.normal(k_noise, (global_batch, cfg.latent_dim), jnp.float32),
+        "gen_noise": jax.random.normal(k_gen, (global_batch, cfg.latent_dim), jnp.float32),
+        "real_target": jnp.where(flip[0], 0.0, real),
+        "fake_target": jnp.where(flip[1], real, 0.0),
+    }
+
+
+def _bce(logits: jax.Array, target: jax.Array | float) -> jax.Array:
+    target = jnp.broadcast_to(jnp.asarray(target, logits.dtype), logits.shape)
+    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, target))
+
+
+def train_step(state: TrainState, images: jax.Array, *, cfg: Config,
+               axis_name: str | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One D update then one G update on this device's share of the global batch."""
+    gen, dis = Generator(cfg, axis_name), Discriminator(cfg, axis_name)
+    tx_g, tx_d = optimizers(cfg)
+    dtype = DTYPES[cfg.dtype]
+    devices = 1 if axis_name is None else lax.psum(1, axis_name)
+    rand = jax.tree.map(lambda x: _local(x, axis_name),
+                        draw_step_randomness(step_key(state), cfg, images.shape[0] * devices))
+    real = normalize_images(images, dtype)
+
+    def generate(g_params, g_stats, z):
+        fake, new = gen.apply({"params": g_params, "batch_stats": g_stats}, z.astype(dtype),
+                              train=True, mutable=["batch_stats"])
+        return fake, new["batch_stats"]
+
+    def discriminate(d_params, d_stats, x):
+        logits, new = dis.apply({"params": d_params, "batch_stats": d_stats}, x,
+                                train=True, mutable=["batch_stats"])
+        return logits, new["batch_stats"]
+
+    g_params, g_stats = state.generator["params"], state.generator["batch_stats"]
+    fake, g_vjp, g_stats = jax.vjp(lambda p: generate(p, g_stats, rand["noise"]), g_params,
+                                   has_aux=True)
+
+    # Discriminator: real and detached fake batches in two passes, then Adam.
+    def d_loss_fn(d_params, d_stats):
+        pred_real, d_stats = discriminate(d_params, d_stats, real)
+        pred_fake, d_stats = discriminate(d_params, d_stats, lax.stop_gradient(fake))
+        loss = 0.5 * (_bce(pred_real, rand["real_target"]) + _bce(pred_fake, rand["fake_target"]))
+        return loss, (d_stats, pred_real)
+
+    d_params = state.discriminator["params"]
+    (d_loss, (d_stats, pred_real)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(
+        d_params, state.discriminator["batch_stats"])
+    d_updates, d_opt = tx_d.update(_pmean(d_grads, axis_name), state.d_opt, d_params)
+    d_params = optax.apply_updates(d_params, d_updates)
+
+    # Generator: through the updated discriminator, on the same (or a fresh) fake batch.
+    if cfg.fresh_noise:
+        fake, g_vjp, g_stats = jax.vjp(lambda p: generate(p, g_stats, rand["gen_noise"]),
+                                       g_params, has_aux=True)
+
+    def g_loss_fn(fake, d_stats):
+        pred_fake, d_stats = discriminate(d_params, d_stats, fake)
+        return _bce(pred_fake, 1.0), (d_stats, pred_fake)
+
+    (g_loss, (d_stats, pred_fake)), fake_grad = jax.value_and_grad(g_loss_fn, has_aux=True)(
+        fake, d_stats)
+    (g_grads,) = g_vjp(fake_grad)
+    g_updates, g_opt = tx_g.update(_pmean(g_grads, axis_name), state.g_opt, g_params)
+    g_params = optax.apply_updates(g_params, g_updates)
+
+    g_ema = state.g_ema
+    if cfg.ema_decay:
+        g_ema = optax.incremental_update(g_params, g_ema, 1.0 - cfg.ema_decay)
+
+    metrics = _pmean({
+        "g_loss": g_loss, "d_loss": d_loss,
+        "acc_real": 100.0 * jnp.mean(pred_real > 0),
+        "acc_fake": 100.0 * jnp.mean(pred_fake <= 0),
+    }, axis_name)
+    new_state = state.replace(
+        step=state.step + 1,
+        generator={"params": g_params, "batch_stats": g_stats},
+        discriminator={"params": d_params, "batch_stats": d_stats},
+        g_opt=g_opt, d_opt=d_opt, g_ema=g_ema)
+    return new_state, metrics
+
+
+def train_steps(state: TrainState, batches: jax.Array, *, cfg: Config,
+                axis_name: str | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+    """len(batches) steps in one device call; metrics are stacked per step."""
+    return lax.scan(functools.partial(train_step, cfg=cfg, axis_name=axis_name), state, batches)
+
+
+def jit_train_steps(cfg: Config):
+    """(state, batches[K, B, H, W, C] uint8) -> (state, metrics[K]) on one device."""
+    return jax.jit(functools.partial(train_steps, cfg=cfg), donate_argnums=0)
+
+
+def pmap_train_steps(cfg: Config, devices=None):
+    """The same over devices: state replicated, batches (D, K, B/D, H, W, C)."""
+    return jax.pmap(functools.partial(train_steps, cfg=cfg, axis_name=AXIS), axis_name=AXIS,
+                    devices=devices, donate_argnums=0)
+
+
+def device_sharding(devices) -> jax.sharding.NamedSharding:
+    """Leading axis split over `devices`, in the order pmap maps them."""
+    mesh = jax.sharding.Mesh(np.asarray(devices), (AXIS,))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
+
+
+def replicate(tree: Any, devices) -> Any:
+    """One copy of every leaf per device, stacked on a leading axis (pmap's layout)."""
+    sharding = device_sharding(devices)
+    return jax.tree.map(
+        lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (len(devices),) + np.shape(x)),
+                                 sharding), tree)
+
+
+def unreplicate(tree: Any) -> Any:
+    """The first device's copy."""
+    return jax.tree.map(lambda x: x[0], tree)

@@ -1,0 +1,46 @@
+"""Data parallel: N devices with N shards give what one device gives on the whole batch.
+
+Runs on 4 host CPU devices (forced in conftest.py). BatchNorm statistics are
+those of the global batch and gradients are averaged, so the only differences
+are summation orders: float64 makes them ~1e-15.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jax_dcgan.step import (create_train_state, device_sharding, jit_train_steps,
+                            pmap_train_steps, replicate)
+
+from .common import SEED_CFG, float64, images
+
+DEVICES = 4
+
+
+@pytest.mark.parametrize("steps_per_call", [1, 2])
+def test_pmap_equals_single_device(steps_per_call):
+    assert jax.local_device_count() >= DEVICES
+    with float64():
+        cfg = SEED_CFG.replace(dtype="float64")
+        batch = 8
+        data = np.stack([images(cfg, batch, seed=s) for s in range(steps_per_call)])  # (K, B, ...)
+        to64 = lambda t: jax.tree.map(
+            lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a, t)
+        state = to64(create_train_state(cfg))
+
+        devices = jax.local_devices()[:DEVICES]
+        replicated = replicate(state, devices)  # before the jit call donates `state`
+        single, m_single = jit_train_steps(cfg)(state, jnp.asarray(data))
+
+        shards = data.reshape(steps_per_call, DEVICES, batch // DEVICES, *data.shape[2:])
+        shards = jax.device_put(shards.swapaxes(0, 1), device_sharding(devices))
+        multi, m_multi = pmap_train_steps(cfg, devices)(replicated, shards)
+
+        for name in m_single:
+            np.testing.assert_allclose(m_multi[name][0], m_single[name], atol=1e-9)
+        paths = jax.tree_util.tree_leaves_with_path(multi)
+        for (path, a), b in zip(paths, jax.tree.leaves(single), strict=True):
+            a, name = np.asarray(a), jax.tree_util.keystr(path)
+            assert np.all(a == a[:1]), f"replicas diverged at {name}"
+            np.testing.assert_allclose(a[0], np.asarray(b), atol=1e-9, err_msg=name)
