@@ -24,7 +24,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | N
         if only is not None and f.name not in only:
             continue
         flag = "--" + f.name.replace("_", "-")
-        help_text = f"{f.metadata['help']} (default: {f.default})"
+        help_text = f"{f.metadata['help']} (default: {f.default}, or the preset's)"
         if f.type in ("bool", bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                                 help=help_text)
@@ -111,10 +111,24 @@ def cmd_convert(args: argparse.Namespace) -> None:
         print(f"wrote the lecture-format state dict of {args.to_torch} to {args.out}")
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from jax_dcgan import train
+
+    train.train(config_from_args(args), args.out, resume=args.resume, quiet=args.quiet)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jax-dcgan", description="The DCGAN of STAT 453 L18.6 in JAX: exact and fast.")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train on synthetic faces, a folder of images or CelebA")
+    p.add_argument("--out", required=True, help="run directory: metrics, samples, checkpoints")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its latest checkpoint (if any)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or console lines")
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="draw a grid of faces from a checkpoint")
     p.add_argument("--checkpoint", required=True, help="run, checkpoints or step directory")
@@ -145,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except UserError as e:
         print(f"jax-dcgan {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     except KeyboardInterrupt:
         print(f"jax-dcgan {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -72,6 +72,9 @@ class Config:
     eval_samples: int = _field(2048, "images generated for each evaluation")
     devices: int = _field(0, "local devices to use (0: all)")
     steps_per_dispatch: int = _field(1, "training steps fused into one device call")
+    on_nonfinite: str = _field(
+        "stop", "when losses turn NaN/inf: stop, or roll back to the last checkpoint and go on "
+        "with a new noise stream", choices=("stop", "rollback"))
 
     def validate(self) -> "Config":
         """Raise a UserError naming the first bad field; return self for chaining."""
@@ -137,9 +140,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Radford et al. (2016): ReLU in G, LeakyReLU(0.2) in D, N(0, 0.02) initialisation.
     "dcgan-paper": dict(dataset="celeb_a", gen_activation="relu", dis_slope=0.2,
                         weight_init="dcgan"),
-    # Small and fast enough for a 2-core CPU: a few minutes to recognisable faces.
-    "demo": dict(dataset="synthetic", num_synthetic=8192, gen_features=32, dis_features=32,
-                 batch_size=64, epochs=12, log_every=50, checkpoint_every=500),
+    # The lecture's algorithm, small enough for a 2-core CPU: about five minutes to faces.
+    "demo": dict(dataset="synthetic", num_synthetic=8192, image_size=32, gen_features=32,
+                 dis_features=32, batch_size=64, epochs=25, checkpoint_every=640),
 }
 
 

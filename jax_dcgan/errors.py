@@ -3,3 +3,4 @@
 
 class UserError(Exception):
     """Bad input from the user: what is wrong, where, and how to fix it, in one paragraph."""
+    exit_code = 2

@@ -1,0 +1,99 @@
+"""Bad input ends with one clear paragraph on stderr, a non-zero exit and no traceback."""
+
+import numpy as np
+import pytest
+import torch
+
+from torch_reference import DCGAN
+
+from .helpers import TINY, cli, tiny_flags
+
+
+def _fails(*args, match: str, code: int = 2):
+    result = cli(*args, check=False)
+    assert result.returncode == code, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert match.lower() in result.stderr.lower(), result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    cli("train", "--out", tmp / "run", "--quiet", *tiny_flags(tmp / "c", epochs=1))
+    return tmp / "run"
+
+
+def test_convert_missing_file(tmp_path):
+    _fails("convert", "--from-torch", tmp_path / "nope.pt", "--out", tmp_path / "o",
+           match="No PyTorch file")
+
+
+def test_convert_not_a_state_dict(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file at all")
+    _fails("convert", "--from-torch", tmp_path / "junk.pt", "--out", tmp_path / "o",
+           match="Could not read")
+
+
+def test_convert_wrong_keys(tmp_path):
+    torch.save({"weight": torch.zeros(3)}, tmp_path / "other.pt")
+    _fails("convert", "--from-torch", tmp_path / "other.pt", "--out", tmp_path / "o",
+           match="not a state dict of the lecture's DCGAN")
+    state = DCGAN().state_dict()
+    del state["discriminator.11.bias"]
+    torch.save(state, tmp_path / "missing.pt")
+    _fails("convert", "--from-torch", tmp_path / "missing.pt", "--out", tmp_path / "o",
+           match="discriminator.11.bias")
+
+
+def test_convert_wrong_shape_names_the_tensor(tmp_path):
+    state = DCGAN().state_dict()
+    state["discriminator.5.weight"] = torch.zeros(256, 128, 3, 3)
+    torch.save(state, tmp_path / "bad.pt")
+    _fails("convert", "--from-torch", tmp_path / "bad.pt", "--out", tmp_path / "o",
+           match="'discriminator.5.weight' has shape (256, 128, 3, 3)")
+
+
+def test_convert_refuses_to_overwrite(tmp_path):
+    torch.save(DCGAN(latent_dim=8, num_feat_maps_gen=8, num_feat_maps_dis=8, image_size=16)
+               .state_dict(), tmp_path / "m.pt")
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "keep.txt").write_text("precious")
+    _fails("convert", "--from-torch", tmp_path / "m.pt", "--out", tmp_path / "o",
+           match="not empty")
+    assert (tmp_path / "o" / "keep.txt").read_text() == "precious"
+
+
+def test_sample_missing_checkpoint(tmp_path):
+    _fails("sample", "--checkpoint", tmp_path / "nothing", "--out", tmp_path / "g.png",
+           match="No checkpoint")
+    (tmp_path / "empty").mkdir()
+    _fails("sample", "--checkpoint", tmp_path / "empty", "--out", tmp_path / "g.png",
+           match="no complete checkpoint")
+
+
+def test_sample_noise_of_the_wrong_shape(run_dir, tmp_path):
+    np.save(tmp_path / "z.npy", np.zeros((4, TINY.latent_dim + 1), np.float32))
+    _fails("sample", "--checkpoint", run_dir, "--noise", tmp_path / "z.npy", "--out",
+           tmp_path / "g.png", match=f"shape (N, {TINY.latent_dim})")
+    np.save(tmp_path / "ok.npy", np.zeros((4, TINY.latent_dim), np.float32))
+    _fails("sample", "--checkpoint", run_dir, "--noise", tmp_path / "ok.npy", "--num", 5,
+           "--out", tmp_path / "g.png", match="disagrees")
+    (tmp_path / "bad.npy").write_bytes(b"garbage")
+    _fails("sample", "--checkpoint", run_dir, "--noise", tmp_path / "bad.npy", "--out",
+           tmp_path / "g.png", match="Could not read the noise file")
+
+
+def test_sample_accepts_torch_shaped_noise(run_dir, tmp_path):
+    np.save(tmp_path / "z.npy", np.zeros((4, TINY.latent_dim, 1, 1), np.float32))
+    cli("sample", "--checkpoint", run_dir, "--noise", tmp_path / "z.npy", "--out",
+        tmp_path / "g.png")
+
+
+def test_unknown_preset_and_bad_flags(tmp_path):
+    result = cli("train", "--out", tmp_path / "r", "--preset", "nope", check=False)
+    assert result.returncode == 2 and "invalid choice" in result.stderr
+    _fails("train", "--out", tmp_path / "r", "--batch-size", "0", match="--batch-size must be positive")
+    _fails("train", "--out", tmp_path / "r", "--lr-g", "-1", match="--lr-g must be positive")
+    _fails("train", "--out", tmp_path / "r", "--batch-size", "6", "--devices", "4",
+           match="does not split evenly over 4 devices")
