@@ -15,6 +15,9 @@ import sys
 from jax_dcgan.config import PRESETS, Config, preset
 from jax_dcgan.errors import UserError
 
+# Defined here rather than in bench.py so that building the parser imports no JAX.
+BENCH_VARIANTS = ("torch", "jax-jit", "jax-pmap", "jax-fused", "jax-train-loop")
+
 
 def _add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
     """One flag per Config field (or the named ones), defaulting to 'not given'."""
@@ -117,6 +120,18 @@ def cmd_train(args: argparse.Namespace) -> None:
     train.train(config_from_args(args), args.out, resume=args.resume, quiet=args.quiet)
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    import jax
+
+    from jax_dcgan import bench
+
+    if args.batch_size is None:  # the lecture's 128 where it fits in time, 32 on a CPU
+        args.batch_size = 32 if jax.default_backend() == "cpu" else 128
+    if args.steps <= 0 or args.repeats <= 0:
+        raise UserError("--steps and --repeats must be positive.")
+    bench.main(config_from_args(args), args.steps, args.repeats, tuple(args.variants), args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jax-dcgan", description="The DCGAN of STAT 453 L18.6 in JAX: exact and fast.")
@@ -129,6 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar or console lines")
     _add_config_flags(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("bench", help="time the training step: PyTorch and JAX side by side")
+    p.add_argument("--steps", type=int, default=10, help="steps per timed block (and fused call)")
+    p.add_argument("--repeats", type=int, default=5, help="timed blocks per variant, interleaved")
+    p.add_argument("--variants", nargs="+", choices=BENCH_VARIANTS, default=list(BENCH_VARIANTS),
+                   metavar="VARIANT", help=f"which to run: {' '.join(BENCH_VARIANTS)}")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_config_flags(p, only=("batch_size", "gen_features", "dis_features", "latent_dim",
+                               "image_size", "dtype", "devices", "seed"))
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("sample", help="draw a grid of faces from a checkpoint")
     p.add_argument("--checkpoint", required=True, help="run, checkpoints or step directory")

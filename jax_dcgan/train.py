@@ -261,7 +261,7 @@ class Recorder:
                 record = {"step": step + 1, "epoch": epoch + 1, "batch": batch, **values,
                           "images_per_s": round(rate, 1)}
                 lines.append(json.dumps(record) + "\n")
-                if batch % run.cfg.log_every == 0:
+                if batch % run.cfg.log_every == 0 and not self.bar.disable:
                     self.bar.write(f"Epoch: {epoch + 1:03d}/{self.epochs:03d} | Batch "
                                    f"{batch:03d}/{run.steps_per_epoch:03d} | Gen/Dis Loss: "
                                    f"{values['g_loss']:.4f}/{values['d_loss']:.4f}")
@@ -352,8 +352,8 @@ def train(cfg: Config, out: str, resume: bool = False, quiet: bool = False) -> T
                     state = state.replace(rng=jax.random.fold_in(state.rng, 1_000_003 * rollbacks))
                     truncate_metrics(run.metrics_path, last)
                     recorder.event({"step": last, "event": "rollback", "reason": str(e)})
-                    bar.write(f"{e} Rolled back to step {last} with a new noise stream "
-                              f"({rollbacks}/{MAX_ROLLBACKS}).")
+                    warnings.warn(f"{e} Rolled back to step {last} with a new noise stream "
+                                  f"({rollbacks}/{MAX_ROLLBACKS}).")
                     bar.n = last
                     dev_state = place(state)
     except KeyboardInterrupt:
@@ -380,7 +380,8 @@ def _end_of_epoch(run: Run, state: TrainState, noise: jax.Array, step: int, bar:
     sample.save_png(sample.make_grid(np.asarray(images)),
                     os.path.join(run.out, "samples", f"epoch_{epoch:03d}.png"))
     plots.plot_losses(run.metrics_path, os.path.join(run.out, "losses.png"), run.steps_per_epoch)
-    bar.write(f"Time elapsed: {(time.perf_counter() - started) / 60:.2f} min")
+    if not bar.disable:
+        bar.write(f"Time elapsed: {(time.perf_counter() - started) / 60:.2f} min")
 
 
 def _export_torch(state: TrainState, path: str, quiet: bool) -> None:
