@@ -1,10 +1,15 @@
 """Building blocks with PyTorch's exact semantics, in NHWC.
 
-Both convolutions are written as one matrix product plus cheap data movement,
-because that is what XLA runs fast on every backend. XLA's own CPU kernels for
-strided and input-dilated convolutions (and the layouts it picks for their
-gradients inside `scan`) were measured 3-20x slower than PyTorch; see
-docs/BENCHMARKS.md.
+A convolution and a transposed convolution are each other's adjoint, and each is
+written as a matrix product plus one data rearrangement: im2col (gathering each
+output's input window into a row) for the convolution, col2im (scattering each
+input's products to the outputs they touch, a fused sum of padded slices) for
+the transposed one. Custom VJPs pair them so that every pass, forward and
+backward, is a matmul plus one of those two fast rearrangements. XLA's own CPU
+kernels for strided and input-dilated convolutions, and the layouts it picks for
+their gradients inside `scan`, were measured 1.5-20x slower; see
+docs/BENCHMARKS.md. The results are the same to float64 rounding
+(parity_tests/test_layers.py).
 
 Kernels are stored in the layout their matrix product reads, so converting
 from PyTorch is a single permutation:
@@ -14,6 +19,7 @@ from PyTorch is a single permutation:
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -40,40 +46,88 @@ def dcgan_normal(mean: float = 0.0) -> Initializer:
     return init
 
 
-def conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
-    """Conv2d as im2col (one strided slice per kernel tap) and one matmul."""
-    kh, kw, c, o = kernel.shape
-    n, h, w, _ = x.shape
-    ho, wo = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
-    if (ho, wo) == (1, 1) and padding == 0 and (h, w) == (kh, kw):  # a dense layer
-        return (x.reshape(n, -1) @ kernel.reshape(-1, o)).reshape(n, 1, 1, o)
-    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    patches = jnp.concatenate(
-        [x[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
-         for i in range(kh) for j in range(kw)], axis=-1)
-    return (patches.reshape(-1, kh * kw * c) @ kernel.reshape(-1, o)).reshape(n, ho, wo, o)
+def im2col(x: jax.Array, k: int, stride: int, padding: int) -> jax.Array:
+    """(N, H, W, C) -> (N, Ho, Wo, k*k*C): each output's input window, in (ky, kx, c) order.
 
-
-def conv_transpose2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
-    """ConvTranspose2d by its definition: one matmul, then each tap scattered into place.
-
-    out[s*i - p + k] += x[i] @ W[k]: the tap-k products form a strided grid, which
-    `lax.pad` with interior padding s - 1 (and edge padding k - p, cropping where
-    negative) puts at the right offsets; XLA fuses the sum of the taps into one loop.
+    One gather: XLA's concatenate of strided slices was measured 2x slower.
     """
-    c, kh, kw, o = kernel.shape
-    n, h, w, _ = x.shape
-    ho, wo = (h - 1) * stride - 2 * padding + kh, (w - 1) * stride - 2 * padding + kw
-    y = (x.reshape(-1, c) @ kernel.reshape(c, -1)).reshape(n, h, w, kh, kw, o)
+    n, h, w, c = x.shape
+    ho, wo = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
+    if (ho, wo) == (1, 1) and padding == 0 and (h, w) == (k, k):  # the window is the input
+        return x.reshape(n, 1, 1, k * k * c)
+    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    rows = stride * np.arange(ho)[:, None] + np.arange(k)[None, :]
+    cols = stride * np.arange(wo)[:, None] + np.arange(k)[None, :]
+    return x[:, rows[:, None, :, None], cols[None, :, None, :]].reshape(n, ho, wo, k * k * c)
+
+
+def col2im(y: jax.Array, stride: int, padding: int, h: int, w: int) -> jax.Array:
+    """The adjoint of im2col: (N, Hi, Wi, k, k, C) window contributions summed into (N, H, W, C).
+
+    Tap (i, j) of input pixel (a, b) lands on output (s*a - p + i, s*b - p + j): a
+    strided grid that `lax.pad` with interior padding s - 1 (and edge padding
+    i - p, cropping where negative) puts in place; XLA fuses the sum into one loop.
+    """
+    hi, wi, k = y.shape[1], y.shape[2], y.shape[3]
     zero = jnp.zeros((), y.dtype)
 
     def place(i: int, size: int, out: int) -> tuple[int, int, int]:
         low = i - padding
         return low, out - low - (size - 1) * stride - 1, stride - 1
 
-    return sum(lax.pad(y[:, :, :, i, j], zero, ((0, 0, 0), place(i, h, ho), place(j, w, wo),
+    return sum(lax.pad(y[:, :, :, i, j], zero, ((0, 0, 0), place(i, hi, h), place(j, wi, w),
                                                 (0, 0, 0)))
-               for i in range(kh) for j in range(kw))
+               for i in range(k) for j in range(k))
+
+
+def _matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Rows of `a` (all leading axes) times `b`."""
+    return (a.reshape(-1, a.shape[-1]) @ b).reshape(*a.shape[:-1], b.shape[-1])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """torch.nn.functional.conv2d (NHWC, kernel (k, k, in, out)): im2col, then a matmul."""
+    return _conv2d_fwd(x, kernel, stride, padding)[0]
+
+
+def _conv2d_fwd(x, kernel, stride, padding):
+    k, _, c, o = kernel.shape
+    patches = im2col(x, k, stride, padding)
+    return _matmul(patches, kernel.reshape(k * k * c, o)), (patches, kernel, x.shape[1:3])
+
+
+def _conv2d_bwd(stride, padding, residuals, dy):
+    patches, kernel, (h, w) = residuals
+    k, _, c, o = kernel.shape
+    d_kernel = (patches.reshape(-1, k * k * c).T @ dy.reshape(-1, o)).reshape(kernel.shape)
+    windows = _matmul(dy, kernel.reshape(k * k * c, o).T).reshape(*dy.shape[:3], k, k, c)
+    return col2im(windows, stride, padding, h, w), d_kernel
+
+
+conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_transpose2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """torch.nn.functional.conv_transpose2d (NHWC, kernel (in, k, k, out)): a matmul, then col2im."""
+    c, k, _, o = kernel.shape
+    n, h, w, _ = x.shape
+    y = _matmul(x, kernel.reshape(c, k * k * o)).reshape(n, h, w, k, k, o)
+    return col2im(y, stride, padding, (h - 1) * stride - 2 * padding + k,
+                  (w - 1) * stride - 2 * padding + k)
+
+
+def _conv_transpose2d_bwd(stride, padding, residuals, dy):
+    x, kernel = residuals
+    c, k, _, o = kernel.shape
+    windows = im2col(dy, k, stride, padding)  # one row per input pixel
+    d_kernel = (x.reshape(-1, c).T @ windows.reshape(-1, k * k * o)).reshape(kernel.shape)
+    return _matmul(windows, kernel.reshape(c, k * k * o).T), d_kernel
+
+
+conv_transpose2d.defvjp(lambda x, kernel, stride, padding: (
+    conv_transpose2d(x, kernel, stride, padding), (x, kernel)), _conv_transpose2d_bwd)
 
 
 class Conv(nn.Module):

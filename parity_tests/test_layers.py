@@ -10,22 +10,21 @@ from flax import linen as nn
 from jax_dcgan.layers import BatchNorm, conv2d, conv_transpose2d
 from jax_dcgan.models import leaky_relu
 
-from .common import nchw
+from .common import float64, nchw
 
 # Sums of a few thousand float32 products of O(1) values: rounding is ~1e-6.
 ATOL = 2e-5
+TRANSPOSED = [(100, 512, 1, 1, 0), (512, 256, 4, 2, 1), (64, 3, 32, 2, 1), (5, 7, 3, 3, 2)]
+CONVS = [(3, 64, 64, 2, 1), (256, 512, 8, 2, 1), (512, 1, 4, 1, 0), (6, 5, 9, 1, 1)]
 
 
 def _nhwc(t: torch.Tensor) -> jnp.ndarray:
     return jnp.asarray(t.detach().numpy().transpose(0, 2, 3, 1))
 
 
-@pytest.mark.parametrize("c_in,c_out,size,stride,padding", [
-    (100, 512, 1, 1, 0),   # generator.0: noise (N, 100, 1, 1) -> 512x4x4
-    (512, 256, 4, 2, 1),   # generator.3: the doubling layers
-    (64, 3, 32, 2, 1),     # generator.12: to RGB
-    (5, 7, 3, 3, 2),       # not in the model: a general stride and padding
-])
+# generator.0 (noise -> 512x4x4), generator.3 (the doubling layers), generator.12 (to RGB),
+# and a stride and padding not in the model.
+@pytest.mark.parametrize("c_in,c_out,size,stride,padding", TRANSPOSED)
 def test_conv_transpose(c_in, c_out, size, stride, padding):
     torch.manual_seed(0)
     layer = torch.nn.ConvTranspose2d(c_in, c_out, 4, stride, padding, bias=False)
@@ -35,12 +34,10 @@ def test_conv_transpose(c_in, c_out, size, stride, padding):
     np.testing.assert_allclose(nchw(ours), layer(x).detach().numpy(), atol=ATOL)
 
 
-@pytest.mark.parametrize("c_in,c_out,size,stride,padding,bias", [
-    (3, 64, 64, 2, 1, True),      # discriminator.0
-    (256, 512, 8, 2, 1, False),   # discriminator.8
-    (512, 1, 4, 1, 0, True),      # discriminator.11: the 4x4 window covers the input
-    (6, 5, 9, 1, 1, True),        # not in the model: stride 1 with padding
-])
+# discriminator.0, discriminator.8, discriminator.11 (the window covers the input),
+# and stride 1 with padding, not in the model.
+@pytest.mark.parametrize("c_in,c_out,size,stride,padding", CONVS)
+@pytest.mark.parametrize("bias", [True, False])
 def test_conv(c_in, c_out, size, stride, padding, bias):
     torch.manual_seed(0)
     layer = torch.nn.Conv2d(c_in, c_out, 4, stride, padding, bias=bias)
@@ -50,6 +47,31 @@ def test_conv(c_in, c_out, size, stride, padding, bias):
     if bias:
         ours = ours + layer.bias.detach().numpy()
     np.testing.assert_allclose(nchw(ours), layer(x).detach().numpy(), atol=ATOL)
+
+
+@pytest.mark.parametrize("transposed,shape", [(True, s) for s in TRANSPOSED]
+                         + [(False, s) for s in CONVS])
+def test_convolution_gradients(transposed, shape):
+    """The custom VJPs against torch autograd, for the input and the kernel (float64)."""
+    c_in, c_out, size, stride, padding = shape
+    torch.manual_seed(0)
+    x = torch.randn(2, c_in, size, size, dtype=torch.float64, requires_grad=True)
+    if transposed:
+        weight = torch.randn(c_in, c_out, 4, 4, dtype=torch.float64, requires_grad=True)
+        y = torch.nn.functional.conv_transpose2d(x, weight, stride=stride, padding=padding)
+        perm, ours = (0, 2, 3, 1), conv_transpose2d
+    else:
+        weight = torch.randn(c_out, c_in, 4, 4, dtype=torch.float64, requires_grad=True)
+        y = torch.nn.functional.conv2d(x, weight, stride=stride, padding=padding)
+        perm, ours = (2, 3, 1, 0), conv2d
+    dx, dw = torch.autograd.grad(torch.sin(y).sum(), (x, weight))
+    with float64():
+        grads = jax.grad(lambda a, k: jnp.sum(jnp.sin(ours(a, k, stride, padding))), (0, 1))(
+            jnp.asarray(x.detach().numpy().transpose(0, 2, 3, 1)),
+            jnp.asarray(weight.detach().numpy().transpose(perm)))
+    np.testing.assert_allclose(nchw(grads[0]), dx.numpy(), atol=1e-10)
+    np.testing.assert_allclose(np.asarray(grads[1]).transpose(np.argsort(perm)), dw.numpy(),
+                               atol=1e-10)
 
 
 def test_batchnorm_train_eval_and_running_statistics():
