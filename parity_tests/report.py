@@ -31,11 +31,17 @@ def _max_diff(a: dict, b: dict) -> float:
     return max(float(np.max(np.abs(np.asarray(a[k], np.float64) - b[k]), initial=0)) for k in b)
 
 
-def forward() -> list[tuple[str, float]]:
+def warmed_up_model():
+    """The reference with non-trivial running statistics, for eval mode."""
     model = torch_model(SEED_CFG)
-    for seed in range(3):  # non-trivial running statistics for eval mode
+    for seed in range(3):
         model.generator(torch.randn(64, 100, 1, 1))
         model.discriminator(to_torch_images(images(SEED_CFG, 64, seed)))
+    return model
+
+
+def forward() -> list[tuple[str, float]]:
+    model = warmed_up_model()
     variables = jax_variables(model, SEED_CFG)
     z = torch.randn(64, 100, 1, 1)
     x = to_torch_images(images(SEED_CFG, 64, seed=9))
@@ -103,6 +109,29 @@ def pmap_float64() -> list[tuple[str, float]]:
         return [("pmap on 4 devices vs 1 device, float64: whole state, max", diff)]
 
 
+def bfloat16() -> list[tuple[str, float]]:
+    """How far --dtype bfloat16 moves the outputs, on the same float32 weights."""
+    model = warmed_up_model()
+    variables = jax_variables(model, SEED_CFG)
+    z = jnp.asarray(np.random.default_rng(0).standard_normal((64, 100)), jnp.float32)
+    x = jnp.asarray(to_torch_images(images(SEED_CFG, 64)).numpy().transpose(0, 2, 3, 1))
+    rows = []
+    for train in (False, True):
+        outs = []
+        for dtype in ("float32", "bfloat16"):
+            cfg = SEED_CFG.replace(dtype=dtype)
+            kw = dict(train=True, mutable=["batch_stats"]) if train else dict(train=False)
+            g = Generator(cfg).apply(variables["generator"], z, **kw)
+            d = Discriminator(cfg).apply(variables["discriminator"], x, **kw)
+            outs.append([np.asarray((g[0] if train else g), np.float32),
+                         np.asarray((d[0] if train else d), np.float32)])
+        mode = "train" if train else "eval"
+        rows += [(f"bfloat16 vs float32: G images, {mode} mode, max", float(np.abs(outs[0][0] - outs[1][0]).max())),
+                 (f"bfloat16 vs float32: G images, {mode} mode, mean", float(np.abs(outs[0][0] - outs[1][0]).mean())),
+                 (f"bfloat16 vs float32: D logits, {mode} mode, max", float(np.abs(outs[0][1] - outs[1][1]).max()))]
+    return rows
+
+
 def conversion() -> list[tuple[str, float]]:
     theirs = state_dict_numpy(torch_model(SEED_CFG))
     back = to_state_dict(from_state_dict(theirs, SEED_CFG))
@@ -110,7 +139,8 @@ def conversion() -> list[tuple[str, float]]:
 
 
 def main() -> None:
-    rows = forward() + one_step_float32() + many_steps_float64() + pmap_float64() + conversion()
+    rows = (forward() + one_step_float32() + many_steps_float64() + pmap_float64() + conversion()
+            + bfloat16())
     width = max(len(name) for name, _ in rows)
     print(f"{'comparison (lecture widths unless noted)':{width}}  largest difference")
     for name, value in rows:
