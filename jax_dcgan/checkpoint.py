@@ -7,6 +7,7 @@ when complete, so a killed process never leaves a half-written step behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import jax
@@ -29,12 +30,17 @@ class Checkpoints:
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def save(self, state: TrainState, cfg: Config) -> None:
-        """Save `state` (one device's copy) under its step; returns once it is safe to donate."""
+        """Save `state` (one device's copy) under its step; returns once it is safe to donate.
+
+        The files are written in the background; a failure shows at the next save or
+        `wait`, as a UserError that names what is still intact.
+        """
         step = int(state.step)
         if step in self._manager.all_steps():
             return
-        self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(cfg.to_dict())))
+        with self._reporting(f"step {step}"):
+            self._manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(cfg.to_dict())))
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -53,17 +59,53 @@ class Checkpoints:
         except UserError:
             raise
         except Exception as e:  # orbax and tensorstore raise many types for damaged files
+            mismatch = _first_mismatch(os.path.join(path, "state"), cfg)
+            reason = mismatch or f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
             raise UserError(
-                f"The checkpoint {path!r} could not be read ({type(e).__name__}: "
-                f"{str(e).splitlines()[0][:300]}). It is damaged or was written by a different "
-                "version or configuration; use an earlier step or train again.") from None
+                f"The checkpoint {path!r} could not be read ({reason}). It is damaged, partly "
+                "written, or was written by another version or configuration than its "
+                "config; use an earlier step, or train again.") from None
         return state, cfg
 
     def wait(self) -> None:
-        self._manager.wait_until_finished()
+        with self._reporting("the last checkpoint"):
+            self._manager.wait_until_finished()
+
+    @contextlib.contextmanager
+    def _reporting(self, what: str):
+        try:
+            yield
+        except Exception as e:  # OSError (disk full, permissions) or orbax's wrappers of it
+            intact = [s for s in self._manager.all_steps() if os.path.isdir(
+                os.path.join(self.directory, str(s)))]
+            kept = f"the checkpoint of step {max(intact)} is intact" if intact else \
+                "no earlier checkpoint exists"
+            raise UserError(
+                f"Could not write {what} to {self.directory} ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:200] if str(e) else 'no details'}); {kept}. Free "
+                "space or fix the permissions, then continue with --resume.") from None
 
     def close(self) -> None:
         self._manager.close()
+
+
+def _first_mismatch(directory: str, cfg: Config) -> str | None:
+    """'<tensor> is stored as (..) but this configuration has (..)', or None if shapes agree."""
+    try:
+        stored = ocp.StandardCheckpointer().metadata(directory).item_metadata
+        shapes = {m.name: tuple(m.shape) for m in jax.tree.leaves(stored)}
+    except Exception:  # no readable metadata: the generic message will do
+        return None
+    abstract = jax.eval_shape(lambda: create_train_state(cfg))
+    for path, leaf in jax.tree_util.tree_leaves_with_path(abstract):
+        name = ".".join(str(getattr(k, "name", getattr(k, "key", getattr(k, "idx", k))))
+                        for k in path)
+        if name not in shapes:
+            return f"tensor {name} is missing"
+        if shapes[name] != tuple(leaf.shape):
+            return (f"tensor {name} is stored with shape {shapes[name]} but its configuration "
+                    f"gives {tuple(leaf.shape)}")
+    return None
 
 
 def locate(path: str) -> tuple[str, int | None]:

@@ -178,8 +178,11 @@ class Diverged(UserError):
 
 
 class Interrupted(UserError):
-    """SIGINT or SIGTERM: the state was checkpointed first."""
-    exit_code = 130
+    """SIGINT or SIGTERM: the state was checkpointed first. Exits with 128 + the signal."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
 
 
 class _Interrupt:
@@ -336,7 +339,7 @@ def train(cfg: Config, out: str, resume: bool = False, quiet: bool = False) -> T
                         if save or interrupt.signal:
                             checkpoints.save(single(dev_state), cfg)
                         if interrupt.signal:
-                            raise KeyboardInterrupt
+                            raise KeyboardInterrupt(interrupt.signal)
                     break
                 except Diverged as e:
                     last = checkpoints.latest_step()
@@ -356,12 +359,18 @@ def train(cfg: Config, out: str, resume: bool = False, quiet: bool = False) -> T
                                   f"({rollbacks}/{MAX_ROLLBACKS}).")
                     bar.n = last
                     dev_state = place(state)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         checkpoints.wait()
         bar.close()
-        step = checkpoints.latest_step()
-        raise Interrupted(f"Interrupted; the last checkpoint (step {step}) is in "
-                          f"{checkpoints.directory}. Continue with --resume.") from None
+        signum = e.args[0] if e.args else signal.SIGINT
+        raise Interrupted(f"Stopped by {signal.Signals(signum).name}; the last checkpoint (step "
+                          f"{checkpoints.latest_step()}) is in {checkpoints.directory}. Continue "
+                          "with --resume.", signum) from None
+    except OSError as e:  # metrics, grids or plots could not be written
+        raise UserError(f"Could not write to {out} ({e}). Checkpoints up to step "
+                        f"{checkpoints.latest_step()} are intact in {checkpoints.directory}; "
+                        "free space or fix the permissions, then continue with --resume.") \
+            from None
     finally:
         checkpoints.wait()
         bar.close()
