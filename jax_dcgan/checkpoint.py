@@ -12,6 +12,7 @@ import os
 
 import jax
 import orbax.checkpoint as ocp
+import tensorstore as ts
 
 from jax_dcgan.config import Config
 from jax_dcgan.errors import UserError
@@ -45,7 +46,10 @@ class Checkpoints:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
-    def restore(self, step: int | None = None) -> tuple[TrainState, Config]:
+    def restore(self, step: int | None = None, sharding: jax.sharding.Sharding | None = None
+                ) -> tuple[TrainState, Config]:
+        """The state at `step` (default: the latest), on `sharding` (default: the first local
+        device; naming it lets a checkpoint of a multi-process run load in one process)."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise UserError(f"There is no complete checkpoint in {self.directory!r}.")
@@ -53,18 +57,20 @@ class Checkpoints:
         try:
             cfg = Config.from_dict(self._manager.restore(
                 step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config)
-            abstract = jax.eval_shape(lambda: create_train_state(cfg))
-            state = self._manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract))).state
+            _check_readable(os.path.join(path, "state"))
         except UserError:
             raise
         except Exception as e:  # orbax and tensorstore raise many types for damaged files
-            mismatch = _first_mismatch(os.path.join(path, "state"), cfg)
-            reason = mismatch or f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
-            raise UserError(
-                f"The checkpoint {path!r} could not be read ({reason}). It is damaged, partly "
-                "written, or was written by another version or configuration than its "
-                "config; use an earlier step, or train again.") from None
+            raise _unreadable(path, _reason(e)) from None
+        sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                                jax.eval_shape(lambda: create_train_state(cfg)))
+        try:
+            state = self._manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract))).state
+        except Exception as e:  # readable but not this configuration's tree
+            raise _unreadable(path, _first_mismatch(os.path.join(path, "state"), cfg)
+                              or _reason(e)) from None
         return state, cfg
 
     def wait(self) -> None:
@@ -81,18 +87,41 @@ class Checkpoints:
             kept = f"the checkpoint of step {max(intact)} is intact" if intact else \
                 "no earlier checkpoint exists"
             raise UserError(
-                f"Could not write {what} to {self.directory} ({type(e).__name__}: "
-                f"{str(e).splitlines()[0][:200] if str(e) else 'no details'}); {kept}. Free "
+                f"Could not write {what} to {self.directory} ("
+                f"{_reason(e)}); {kept}. Free "
                 "space or fix the permissions, then continue with --resume.") from None
 
     def close(self) -> None:
         self._manager.close()
 
 
+def _reason(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else 'no details'}"
+
+
+def _unreadable(path: str, reason: str) -> UserError:
+    return UserError(
+        f"The checkpoint {path!r} could not be read ({reason}). It is damaged, partly "
+        "written, or was written by another version or configuration than its config; use "
+        "an earlier step, or train again.")
+
+
+def _check_readable(directory: str) -> None:
+    """Read every stored chunk once, synchronously, so damage shows as one clean exception.
+
+    Orbax restores chunks concurrently and closes its event loop at the first failure;
+    tensorstore then prints a traceback for every chunk still in flight.
+    """
+    store = ts.KvStore.open({"driver": "ocdbt", "base": f"file://{directory}/"}).result()
+    for key in store.list().result():
+        store.read(key).result()
+
+
 def _first_mismatch(directory: str, cfg: Config) -> str | None:
     """'<tensor> is stored as (..) but this configuration has (..)', or None if shapes agree."""
     try:
-        stored = ocp.StandardCheckpointer().metadata(directory).item_metadata
+        with ocp.StandardCheckpointer() as reader:
+            stored = reader.metadata(directory).item_metadata
         shapes = {m.name: tuple(m.shape) for m in jax.tree.leaves(stored)}
     except Exception:  # no readable metadata: the generic message will do
         return None

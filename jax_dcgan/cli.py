@@ -19,10 +19,12 @@ from jax_dcgan.errors import UserError
 BENCH_VARIANTS = ("torch", "jax-jit", "jax-pmap", "jax-fused", "jax-train-loop")
 
 
-def _add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
+def _add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None,
+                      with_preset: bool = True) -> None:
     """One flag per Config field (or the named ones), defaulting to 'not given'."""
-    parser.add_argument("--preset", choices=sorted(PRESETS),
-                        help="start from a named configuration; flags override it")
+    if with_preset:
+        parser.add_argument("--preset", choices=sorted(PRESETS),
+                            help="start from a named configuration; flags override it")
     for f in dataclasses.fields(Config):
         if only is not None and f.name not in only:
             continue
@@ -38,7 +40,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | N
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    cfg = preset(args.preset) if args.preset else Config()
+    cfg = preset(args.preset) if getattr(args, "preset", None) else Config()
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
              if getattr(args, f.name, None) is not None}
     return cfg.replace(**given).validate()
@@ -114,10 +116,36 @@ def cmd_convert(args: argparse.Namespace) -> None:
         print(f"wrote the lecture-format state dict of {args.to_torch} to {args.out}")
 
 
-def cmd_train(args: argparse.Namespace) -> None:
-    from jax_dcgan import train
+def cmd_eval(args: argparse.Namespace) -> None:
+    import json
 
-    train.train(config_from_args(args), args.out, resume=args.resume, quiet=args.quiet)
+    from jax_dcgan import checkpoint, data, metrics, sample
+
+    if args.num <= 1:
+        raise UserError(f"--num must be at least 2, got {args.num}.")
+    state, cfg = checkpoint.load(args.checkpoint)
+    data_flags = {k: getattr(args, k) for k in ("dataset", "data_dir", "split", "crop_size",
+                                                 "num_synthetic", "cache_dir")
+                  if getattr(args, k) is not None}
+    real = data.load_dataset(cfg.replace(**data_flags).validate())
+    result = metrics.evaluate(cfg, sample.sampling_generator(state, cfg), real, args.num,
+                              args.seed, fid=not args.no_fid, batch_stats=args.bn == "batch")
+    result["step"] = int(state.step)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"step {result['step']}, {result['num']} samples: SWD {result['swd']:.2f} "
+              f"(x1e3; per level {', '.join(f'{k}px {v:.1f}' for k, v in result['swd_levels'].items())})"
+              + (f", FID {result['fid']:.2f}" if "fid" in result else ""))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from jax_dcgan import distributed, train
+
+    cfg = config_from_args(args)
+    distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
+                           args.distributed)
+    train.train(cfg, args.out, resume=args.resume, quiet=args.quiet)
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -142,6 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its latest checkpoint (if any)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or console lines")
+    group = p.add_argument_group("multi-process (jax.distributed; also JAX_COORDINATOR_ADDRESS, "
+                                 "JAX_NUM_PROCESSES, JAX_PROCESS_ID)")
+    group.add_argument("--coordinator-address", metavar="HOST:PORT",
+                       help="process 0's address, the same for every process")
+    group.add_argument("--num-processes", type=int, help="how many processes take part")
+    group.add_argument("--process-id", type=int, help="this process's index, 0..N-1")
+    group.add_argument("--distributed", action="store_true",
+                       help="detect the above from the cluster (SLURM, TPU pod, Kubernetes, MPI)")
     _add_config_flags(p)
     p.set_defaults(func=cmd_train)
 
@@ -152,8 +188,20 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="VARIANT", help=f"which to run: {' '.join(BENCH_VARIANTS)}")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_config_flags(p, only=("batch_size", "gen_features", "dis_features", "latent_dim",
-                               "image_size", "dtype", "devices", "seed"))
+                               "image_size", "dtype", "devices", "seed"), with_preset=False)
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("eval", help="FID and SWD of a checkpoint's samples against a dataset")
+    p.add_argument("--checkpoint", required=True, help="run, checkpoints or step directory")
+    p.add_argument("--num", type=int, default=2048, help="samples (and real images) to compare")
+    p.add_argument("--seed", type=int, default=0, help="seed for the noise")
+    p.add_argument("--bn", choices=("running", "batch"), default="batch",
+                   help="BatchNorm statistics while generating (see sample)")
+    p.add_argument("--no-fid", action="store_true", help="SWD only (no Inception network)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_config_flags(p, only=("dataset", "data_dir", "split", "crop_size", "num_synthetic",
+                               "cache_dir"), with_preset=False)
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("sample", help="draw a grid of faces from a checkpoint")
     p.add_argument("--checkpoint", required=True, help="run, checkpoints or step directory")
@@ -178,8 +226,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_libraries() -> None:
+    """Library log lines (orbax's, asyncio's tracebacks from its threads) are not for users;
+    errors reach them as this tool's own messages."""
+    import logging
+    import warnings
+
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    warnings.formatwarning = lambda message, category, *rest: f"jax-dcgan: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_libraries()
     try:
         args.func(args)
     except UserError as e:

@@ -27,6 +27,8 @@ class Config:
     crop_size: int = _field(160, "center crop before resizing (0: the largest centered square)")
     image_size: int = _field(64, "side of the square images (a power of two, >= 16)")
     num_synthetic: int = _field(20000, "number of built-in synthetic faces")
+    data_seed: int = _field(42, "seed of the synthetic faces (apart from --seed, so that "
+                                "runs with other seeds learn from the same faces)")
     cache_dir: str = _field("", "where decoded datasets are cached (default ~/.cache/jax_dcgan)")
     data_on_device: str = _field(
         "auto", "keep the whole dataset on the accelerator", choices=("auto", "yes", "no"))

@@ -81,9 +81,9 @@ class Source:
 
 
 def synthetic_source(cfg: Config) -> Source:
-    return Source({"dataset": "synthetic", "seed": cfg.seed, "count": cfg.num_synthetic,
+    return Source({"dataset": "synthetic", "seed": cfg.data_seed, "count": cfg.num_synthetic,
                    "image_size": cfg.image_size}, range(cfg.num_synthetic),
-                  lambda i: draw_face(cfg.seed, i, cfg.image_size))
+                  lambda i: draw_face(cfg.data_seed, i, cfg.image_size))
 
 
 def folder_source(cfg: Config) -> Source:

@@ -53,11 +53,11 @@ def plot_losses(metrics_path: str, out_path: str, steps_per_epoch: int, window: 
 
 
 def plot_curves(series: dict[str, tuple[list, list]], out_path: str, xlabel: str,
-                ylabel: str) -> None:
+                ylabel: str, markers: bool = True) -> None:
     """A few named (x, y) curves on one axis."""
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     for name, (x, y) in series.items():
-        ax.plot(x, y, marker="o", label=name)
+        ax.plot(x, y, marker="o" if markers else None, lw=1.5, label=name)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)

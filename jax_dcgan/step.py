@@ -185,7 +185,11 @@ def jit_train_steps(cfg: Config):
 
 
 def pmap_train_steps(cfg: Config, devices=None):
-    """The same over devices: state replicated, batches (D, K, B/D, H, W, C)."""
+    """The same over devices: state replicated, batches (D, K, B/D, H, W, C).
+
+    With several processes (`devices` None), D is this process's device count and
+    the collectives span every process's devices.
+    """
     return jax.pmap(functools.partial(train_steps, cfg=cfg, axis_name=AXIS), axis_name=AXIS,
                     devices=devices, donate_argnums=0)
 
@@ -199,11 +203,15 @@ def device_sharding(devices) -> jax.sharding.NamedSharding:
 def replicate(tree: Any, devices) -> Any:
     """One copy of every leaf per device, stacked on a leading axis (pmap's layout)."""
     sharding = device_sharding(devices)
-    return jax.tree.map(
-        lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (len(devices),) + np.shape(x)),
-                                 sharding), tree)
+
+    def leaf(x):
+        x = np.asarray(x.addressable_data(0) if isinstance(x, jax.Array) else x)
+        return jax.device_put(np.broadcast_to(x, (len(devices),) + x.shape), sharding)
+    return jax.tree.map(leaf, tree)
 
 
 def unreplicate(tree: Any) -> Any:
-    """The first device's copy."""
-    return jax.tree.map(lambda x: x[0], tree)
+    """This process's first device's copy (indexing the global array would need every
+    process to take part)."""
+    return jax.tree.map(lambda x: x.addressable_data(0).reshape(x.shape[1:])
+                        if isinstance(x, jax.Array) else x[0], tree)

@@ -25,7 +25,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from jax_dcgan import checkpoint, data, plots, sample
+from jax_dcgan import checkpoint, data, distributed, metrics, plots, sample
 from jax_dcgan.config import Config
 from jax_dcgan.errors import UserError
 from jax_dcgan.step import (METRICS, TrainState, create_train_state, device_sharding,
@@ -111,16 +111,20 @@ def truncate_metrics(path: str, last_step: int) -> None:
 
 
 class Batches:
-    """Device-ready uint8 batches for a run of steps: (K, B, ...) or (D, K, B/D, ...) for pmap."""
+    """Device-ready uint8 batches for a run of steps: (K, B, ...) for jit, (D, K, B/D, ...)
+    for pmap over this process's D devices. With several processes each one takes its own
+    contiguous part of every global batch, so it reads only its share of each epoch."""
 
-    def __init__(self, images: np.ndarray, cfg: Config, devices: list, resident: bool):
+    def __init__(self, images: np.ndarray, cfg: Config, devices: list, resident: bool,
+                 pmap_layout: bool):
         self.images, self.cfg, self.devices, self.resident = images, cfg, devices, resident
+        self.pmap_layout = pmap_layout
         single = jax.sharding.SingleDeviceSharding(devices[0])
-        self.sharding = device_sharding(devices) if len(devices) > 1 else single
+        self.sharding = device_sharding(devices) if pmap_layout else single
         self._order_epoch, self._order = -1, None
         if resident:
             where = (jax.sharding.NamedSharding(self.sharding.mesh, jax.sharding.PartitionSpec())
-                     if len(devices) > 1 else single)
+                     if pmap_layout else single)
             self.on_device = jax.device_put(np.asarray(images), where)
             self._gather = jax.jit(lambda images, idx: images[idx], out_shardings=self.sharding)
 
@@ -129,10 +133,13 @@ class Batches:
         if epoch != self._order_epoch:
             self._order_epoch = epoch
             self._order = data.epoch_order(self.cfg.seed, epoch, len(self.images))
-        b = self.cfg.batch_size
+        b, processes, p = self.cfg.batch_size, jax.process_count(), jax.process_index()
         idx = self._order[start * b:(start + count) * b].reshape(count, b).astype(np.int32)
+        idx = idx[:, p * b // processes:(p + 1) * b // processes]
+        if not self.pmap_layout:
+            return idx
         d = len(self.devices)
-        return idx if d == 1 else idx.reshape(count, d, b // d).swapaxes(0, 1)
+        return idx.reshape(count, d, -1).swapaxes(0, 1)
 
     def get(self, step: int, count: int, steps_per_epoch: int) -> jax.Array:
         idx = self.indices(step, count, steps_per_epoch)
@@ -206,15 +213,21 @@ class _Interrupt:
 
 
 def select_devices(cfg: Config) -> list:
+    """This process's devices for the run; with several processes, all of them."""
     available = jax.local_devices()
+    if jax.process_count() > 1 and cfg.devices not in (0, len(available)):
+        raise UserError("--devices cannot be used in a multi-process run: every process uses "
+                        f"all its devices ({len(available)} here).")
     if cfg.devices > len(available):
         raise UserError(f"--devices {cfg.devices} asks for more devices than the "
                         f"{len(available)} this process has ({available[0].platform}).")
     devices = available[:cfg.devices or len(available)]
-    if cfg.batch_size % len(devices):
+    total = len(devices) * jax.process_count()
+    if cfg.batch_size % total:
         raise UserError(
-            f"--batch-size {cfg.batch_size} does not split evenly over {len(devices)} devices; "
-            f"use a multiple of {len(devices)} or set --devices.")
+            f"--batch-size {cfg.batch_size} does not split evenly over {total} devices; "
+            f"use a multiple of {total}" + (" or set --devices." if jax.process_count() == 1
+                                            else "."))
     return devices
 
 
@@ -230,8 +243,8 @@ def plan_dispatches(run: Run, start: int):
 class Recorder:
     """metrics.jsonl, the lecture's console lines and the progress bar."""
 
-    def __init__(self, run: Run, bar: tqdm):
-        self.run, self.bar = run, bar
+    def __init__(self, run: Run, bar: tqdm, write: bool = True):
+        self.run, self.bar, self.write = run, bar, write
         self.pending: list[tuple[int, int, dict]] = []
         self.last_time, self.last_step = time.perf_counter(), None
         self.epochs = math.ceil(run.total_steps / run.steps_per_epoch)
@@ -268,24 +281,32 @@ class Recorder:
                     self.bar.write(f"Epoch: {epoch + 1:03d}/{self.epochs:03d} | Batch "
                                    f"{batch:03d}/{run.steps_per_epoch:03d} | Gen/Dis Loss: "
                                    f"{values['g_loss']:.4f}/{values['d_loss']:.4f}")
-        with open(run.metrics_path, "a") as f:
-            f.write("".join(lines))
+        if self.write:
+            with open(run.metrics_path, "a") as f:
+                f.write("".join(lines))
         self.bar.set_postfix(g_loss=f"{values['g_loss']:.3f}", d_loss=f"{values['d_loss']:.3f}",
                              img_s=f"{rate:.0f}")
         self.pending, self.last_time = [], now
 
     def event(self, record: dict) -> None:
-        with open(self.run.metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if self.write:
+            with open(self.run.metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
 
 
 def train(cfg: Config, out: str, resume: bool = False, quiet: bool = False) -> TrainState:
     """Train as `cfg` says, writing everything under `out`; returns the final state."""
     cfg.validate()
     devices = select_devices(cfg)
+    primary, processes = distributed.is_primary(), jax.process_count()
+    quiet = quiet or not primary
     out = os.path.abspath(out)
-    prepare_output(out, cfg, resume)  # checks before the (possibly long) data decoding
-    images = data.load_dataset(cfg, quiet=quiet)
+    if primary:
+        prepare_output(out, cfg, resume)  # checks before the (possibly long) data decoding
+        images = data.load_dataset(cfg, quiet=quiet)
+    distributed.barrier("output and dataset cache ready")
+    if not primary:
+        images = data.load_dataset(cfg, quiet=True)  # from the cache if it is shared
     steps_per_epoch = len(images) // cfg.batch_size
     if steps_per_epoch == 0:
         raise UserError(f"The dataset has {len(images)} images, fewer than one batch of "
@@ -293,32 +314,37 @@ def train(cfg: Config, out: str, resume: bool = False, quiet: bool = False) -> T
     run = Run(out, cfg, steps_per_epoch, cfg.steps or cfg.epochs * steps_per_epoch)
     checkpoints = checkpoint.Checkpoints(os.path.join(out, checkpoint.RUN_SUBDIR),
                                          cfg.keep_checkpoints)
+    on_all = distributed.replicated_sharding() if processes > 1 else None
     if resume and checkpoints.latest_step() is not None:
-        state, _ = checkpoints.restore()
+        state, _ = checkpoints.restore(sharding=on_all)
     else:
         state = create_train_state(cfg)
     start = int(state.step)
-    truncate_metrics(run.metrics_path, start)
+    if primary:
+        truncate_metrics(run.metrics_path, start)
 
-    resident = {"yes": True, "no": False}.get(cfg.data_on_device) or fits_on_device(
-        images.nbytes, devices[0])
-    batches = Batches(images, cfg, devices, resident)
-    parallel = len(devices) > 1
-    step_fn = pmap_train_steps(cfg, devices) if parallel else jit_train_steps(cfg)
+    # Several processes stream their own share of each batch instead of each holding it all.
+    resident = processes == 1 and ({"yes": True, "no": False}.get(cfg.data_on_device)
+                                   or fits_on_device(images.nbytes, devices[0]))
+    parallel = len(devices) > 1 or processes > 1
+    batches = Batches(images, cfg, devices, resident, pmap_layout=parallel)
+    step_fn = (pmap_train_steps(cfg, None if processes > 1 else devices) if parallel
+               else jit_train_steps(cfg))
     place = (lambda s: replicate(s, devices)) if parallel else (lambda s: jax.device_put(s, devices[0]))
     single = unreplicate if parallel else (lambda s: s)
-    fixed_noise = sample.draw_noise(cfg, FIXED_NOISE, cfg.seed)
+    to_save = distributed.to_replicated if processes > 1 else single
 
     if not quiet:
         print(f"jax-dcgan: {len(images)} images, {steps_per_epoch} batches of {cfg.batch_size} "
-              f"per epoch, steps {start}..{run.total_steps} on {len(devices)} "
-              f"{devices[0].platform} device(s), data {'on device' if resident else 'streamed'}; "
-              f"writing to {out}")
+              f"per epoch, steps {start}..{run.total_steps} on {len(devices) * processes} "
+              f"{devices[0].platform} device(s) in {processes} process(es), data "
+              f"{'on device' if resident else 'streamed'}; writing to {out}")
     bar = tqdm(total=run.total_steps, initial=start, unit="step", dynamic_ncols=True,
                disable=quiet, desc="train")
-    recorder = Recorder(run, bar)
+    recorder = Recorder(run, bar, write=primary)
+    end_of_epoch = EpochEnd(run, images, recorder, bar) if primary else None
     dev_state = place(state)
-    rollbacks, started = 0, time.perf_counter()
+    rollbacks = 0
     try:
         with _Interrupt() as interrupt:
             while True:
@@ -334,12 +360,13 @@ def train(cfg: Config, out: str, resume: bool = False, quiet: bool = False) -> T
                         if epoch_end or save or interrupt.signal or \
                                 end // cfg.log_every > step // cfg.log_every:
                             recorder.flush()
-                        if epoch_end:
-                            _end_of_epoch(run, single(dev_state), fixed_noise, end, bar, started)
-                        if save or interrupt.signal:
-                            checkpoints.save(single(dev_state), cfg)
-                        if interrupt.signal:
-                            raise KeyboardInterrupt(interrupt.signal)
+                        if epoch_end and end_of_epoch:
+                            end_of_epoch(single(dev_state), end)
+                        stop = distributed.any_process(bool(interrupt.signal))
+                        if save or stop:
+                            checkpoints.save(to_save(dev_state), cfg)
+                        if stop:
+                            raise KeyboardInterrupt(interrupt.signal or signal.SIGTERM)
                     break
                 except Diverged as e:
                     last = checkpoints.latest_step()
@@ -351,9 +378,10 @@ def train(cfg: Config, out: str, resume: bool = False, quiet: bool = False) -> T
                                        "--on-nonfinite rollback.") from None
                     rollbacks += 1
                     checkpoints.wait()
-                    state, _ = checkpoints.restore(last)
+                    state, _ = checkpoints.restore(last, sharding=on_all)
                     state = state.replace(rng=jax.random.fold_in(state.rng, 1_000_003 * rollbacks))
-                    truncate_metrics(run.metrics_path, last)
+                    if primary:
+                        truncate_metrics(run.metrics_path, last)
                     recorder.event({"step": last, "event": "rollback", "reason": str(e)})
                     warnings.warn(f"{e} Rolled back to step {last} with a new noise stream "
                                   f"({rollbacks}/{MAX_ROLLBACKS}).")
@@ -376,21 +404,87 @@ def train(cfg: Config, out: str, resume: bool = False, quiet: bool = False) -> T
         bar.close()
 
     state = single(dev_state)
-    plots.plot_losses(run.metrics_path, os.path.join(out, "losses.png"), steps_per_epoch)
-    _export_torch(state, os.path.join(out, "model.pt"), quiet)
+    if primary:
+        plots.plot_losses(run.metrics_path, os.path.join(out, "losses.png"), steps_per_epoch)
+        _export_torch(state, os.path.join(out, "model.pt"), quiet)
     return state
 
 
-def _end_of_epoch(run: Run, state: TrainState, noise: jax.Array, step: int, bar: tqdm,
-                  started: float) -> None:
-    """The lecture's per-epoch outputs: a grid of the fixed noise and the loss plot."""
-    epoch = step // run.steps_per_epoch
-    images = sample.generate(run.cfg, sample.sampling_generator(state, run.cfg), noise, True)
-    sample.save_png(sample.make_grid(np.asarray(images)),
-                    os.path.join(run.out, "samples", f"epoch_{epoch:03d}.png"))
-    plots.plot_losses(run.metrics_path, os.path.join(run.out, "losses.png"), run.steps_per_epoch)
-    if not bar.disable:
-        bar.write(f"Time elapsed: {(time.perf_counter() - started) / 60:.2f} min")
+class EpochEnd:
+    """The per-epoch outputs: the lecture's grid and loss plot, the diversity monitor, and
+    (every `eval_every` epochs) SWD and FID, all recorded in metrics.jsonl."""
+
+    def __init__(self, run: Run, images: np.ndarray, recorder: Recorder, bar: tqdm):
+        self.run, self.images, self.recorder, self.bar = run, images, recorder, bar
+        self.noise = sample.draw_noise(run.cfg, FIXED_NOISE, run.cfg.seed)
+        chosen = np.random.default_rng(0).choice(len(images), min(FIXED_NOISE, len(images)),
+                                                 replace=False)
+        self.reference = metrics.diversity(np.asarray(images[np.sort(chosen)]))
+        self.best = max((r["diversity"] for r in _events(run.metrics_path, "diversity")),
+                        default=0.0)  # across a resume too
+        self.started = time.perf_counter()
+        self.inception: metrics.InceptionFeatures | None = None
+        self.fid = bool(run.cfg.eval_every)
+        if self.fid:
+            try:
+                metrics.fid_network_path()
+            except UserError as e:
+                warnings.warn(f"FID is skipped during training: {e}")
+                self.fid = False
+
+    def __call__(self, state: TrainState, step: int) -> None:
+        run, cfg = self.run, self.run.cfg
+        epoch = step // run.steps_per_epoch
+        generator = sample.sampling_generator(state, cfg)
+        grid = np.asarray(sample.generate(cfg, generator, self.noise, True))
+        sample.save_png(sample.make_grid(grid),
+                        os.path.join(run.out, "samples", f"epoch_{epoch:03d}.png"))
+        plots.plot_losses(run.metrics_path, os.path.join(run.out, "losses.png"),
+                          run.steps_per_epoch)
+
+        # Collapse: diversity falls below a fraction of the data's after having been above
+        # it (an untrained generator is not diverse yet, which is not a collapse).
+        score, threshold = metrics.diversity(grid), metrics.COLLAPSE_RATIO * self.reference
+        collapsed = score < threshold <= self.best
+        self.best = max(self.best, score)
+        self.recorder.event({"step": step, "epoch": epoch, "event": "diversity",
+                             "diversity": score, "reference": self.reference,
+                             "collapsed": bool(collapsed)})
+        if collapsed:
+            message = (f"Epoch {epoch}: the fixed-noise samples look alike (diversity {score:.3f}"
+                       f", the data's {self.reference:.3f}): the generator may have collapsed.")
+            warnings.warn(message)
+            if not self.bar.disable:
+                self.bar.write(f"WARNING: {message}")
+
+        if cfg.eval_every and epoch % cfg.eval_every == 0:
+            if self.fid and self.inception is None:
+                self.inception = metrics.InceptionFeatures()
+            result = metrics.evaluate(cfg, generator, self.images, cfg.eval_samples, cfg.seed,
+                                      fid=self.fid, inception=self.inception)
+            self.recorder.event({"step": step, "epoch": epoch, "event": "eval", **result})
+            plot_quality(run)
+            if not self.bar.disable:
+                self.bar.write(f"Epoch {epoch:03d}: SWD {result['swd']:.2f}"
+                               + (f", FID {result['fid']:.2f}" if "fid" in result else ""))
+        if not self.bar.disable:
+            self.bar.write(f"Time elapsed: {(time.perf_counter() - self.started) / 60:.2f} min")
+
+
+def _events(path: str, kind: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [r for r in map(json.loads, f) if r.get("event") == kind]
+
+
+def plot_quality(run: Run) -> None:
+    evals = _events(run.metrics_path, "eval")
+    series = {"SWD (x1e3)": ([r["epoch"] for r in evals], [r["swd"] for r in evals])}
+    if evals and "fid" in evals[-1]:
+        series["FID"] = ([r["epoch"] for r in evals if "fid" in r],
+                         [r["fid"] for r in evals if "fid" in r])
+    plots.plot_curves(series, os.path.join(run.out, "quality.png"), "Epoch", "Distance")
 
 
 def _export_torch(state: TrainState, path: str, quiet: bool) -> None:

