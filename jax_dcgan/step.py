@@ -158,7 +158,11 @@ def train_step(state: TrainState, images: jax.Array, *, cfg: Config,
 
     g_ema = state.g_ema
     if cfg.ema_decay:
-        g_ema = optax.incremental_update(g_params, g_ema, 1.0 - cfg.ema_decay)
+        # Warm-up (as tf.train.ExponentialMovingAverage's num_updates): early on the average
+        # follows the weights instead of keeping a large share of the random initialisation.
+        t = state.step.astype(jnp.float32)
+        decay = jnp.minimum(cfg.ema_decay, (1 + t) / (10 + t))
+        g_ema = optax.incremental_update(g_params, g_ema, 1.0 - decay)
 
     metrics = _pmean({
         "g_loss": g_loss, "d_loss": d_loss,

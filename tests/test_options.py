@@ -19,9 +19,10 @@ def test_ema_of_generator_weights():
     expected = jax.tree.map(np.asarray, state.generator["params"])
     step = jit_train_steps(cfg)
     batch = jnp.zeros((1, cfg.batch_size, 16, 16, 3), jnp.uint8)
-    for _ in range(3):
+    for t in range(30):  # warm-up decay (1 + t) / (10 + t), then 0.75 from t = 26 on
         state, _ = step(state, batch)
-        expected = jax.tree.map(lambda e, p: 0.75 * e + 0.25 * np.asarray(p), expected,
+        decay = min(0.75, (1 + t) / (10 + t))
+        expected = jax.tree.map(lambda e, p: decay * e + (1 - decay) * np.asarray(p), expected,
                                 state.generator["params"])
     for a, b in zip(jax.tree.leaves(state.g_ema), jax.tree.leaves(expected)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
