@@ -83,11 +83,9 @@ def torch_variant(cfg: Config, steps: int) -> Timed:
     return timed
 
 
-def jit_variant(cfg: Config, steps: int) -> Timed:
-    device = jax.local_devices()[0]
-    step = jit_train_steps(cfg)
-    batch = jax.device_put(_images(cfg, cfg.batch_size)[None], device)
-    box = [jax.device_put(create_train_state(cfg), device)]
+def _stepping(step, state, batch, steps: int):
+    """A timed block: `steps` calls of `step` on one batch, carrying the state across blocks."""
+    box = [state]
 
     def block():
         state = box[0]
@@ -96,6 +94,14 @@ def jit_variant(cfg: Config, steps: int) -> Timed:
         box[0] = state
         jax.block_until_ready(metrics)
 
+    return block
+
+
+def jit_variant(cfg: Config, steps: int) -> Timed:
+    device = jax.local_devices()[0]
+    step = jit_train_steps(cfg)
+    batch = jax.device_put(_images(cfg, cfg.batch_size)[None], device)
+    block = _stepping(step, jax.device_put(create_train_state(cfg), device), batch, steps)
     return Timed("jax-jit", "jax", block, _first_call(block))
 
 
@@ -105,15 +111,7 @@ def pmap_variant(cfg: Config, steps: int, devices: list) -> Timed:
     batch = jax.device_put(_images(cfg, cfg.batch_size).reshape(d, 1, cfg.batch_size // d,
                                                                 *([cfg.image_size] * 2), -1),
                            device_sharding(devices))
-    box = [replicate(create_train_state(cfg), devices)]
-
-    def block():
-        state = box[0]
-        for _ in range(steps):
-            state, metrics = step(state, batch)
-        box[0] = state
-        jax.block_until_ready(metrics)
-
+    block = _stepping(step, replicate(create_train_state(cfg), devices), batch, steps)
     return Timed(f"jax-pmap ({d} device{'s' if d > 1 else ''})", "jax", block, _first_call(block))
 
 

@@ -357,12 +357,15 @@ def train(cfg: Config, out: str, resume: bool = False, quiet: bool = False) -> T
                         end = step + count
                         epoch_end = end % steps_per_epoch == 0
                         save = end % cfg.checkpoint_every == 0 or end == run.total_steps
-                        if epoch_end or save or interrupt.signal or \
-                                end // cfg.log_every > step // cfg.log_every:
+                        boundary = epoch_end or save or end // cfg.log_every > step // cfg.log_every
+                        if boundary or interrupt.signal:
                             recorder.flush()
                         if epoch_end and end_of_epoch:
                             end_of_epoch(single(dev_state), end)
-                        stop = distributed.any_process(bool(interrupt.signal))
+                        # Processes agree on a signal at boundaries, which all of them reach
+                        # alike, so that no step waits for a collective between processes.
+                        stop = bool(interrupt.signal) if processes == 1 else \
+                            boundary and distributed.any_process(bool(interrupt.signal))
                         if save or stop:
                             checkpoints.save(to_save(dev_state), cfg)
                         if stop:

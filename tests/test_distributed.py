@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -27,16 +29,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_two(out, cache, steps: int, *extra: str) -> list[str]:
-    """`jax-dcgan train` as process 0 and 1 of one run on 127.0.0.1; returns their stderr."""
+def start_two(out, cache, steps: int, *extra: str) -> list[subprocess.Popen]:
+    """`jax-dcgan train` as process 0 and 1 of one run on 127.0.0.1."""
     address = f"127.0.0.1:{_free_port()}"
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    procs = [subprocess.Popen(
+    return [subprocess.Popen(
         [sys.executable, "-m", "jax_dcgan.cli", "train", "--out", str(out), "--quiet",
          *tiny_flags(cache, steps=steps), "--coordinator-address", address,
          "--num-processes", "2", "--process-id", str(i), *extra],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for i in range(2)]
+
+
+def launch_two(out, cache, steps: int, *extra: str) -> list[str]:
+    """Both processes to the end; returns their stderr."""
+    procs = start_two(out, cache, steps, *extra)
     try:
         errors = [p.communicate(timeout=TIMEOUT)[1] for p in procs]
     finally:
@@ -93,6 +100,28 @@ def test_two_processes_resume_from_their_checkpoint(single_process, tmp_path):
     launch_two(run, tmp_path / "cache", STEPS, "--resume")
     assert_close(final_state(run), final_state(single_process), "resumed 2x2 vs 1x4 devices")
     assert steps_in(run) == list(range(1, STEPS + 1))
+
+
+def test_a_signal_to_one_process_stops_both_after_a_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    procs = start_two(run, tmp_path / "cache", 10_000)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while len(steps_in_log(run)) < 4:
+            assert time.monotonic() < deadline and procs[0].poll() is None, "no training"
+            time.sleep(0.5)
+        procs[1].send_signal(signal.SIGTERM)  # the process that writes nothing
+        errors = [p.communicate(timeout=TIMEOUT)[1] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [128 + signal.SIGTERM] * 2, errors[0][-2000:]
+    saved = checkpoint.Checkpoints(str(run / "checkpoints"), read_only=True).latest_step()
+    assert saved and steps_in(run) == list(range(1, saved + 1))
+
+
+def steps_in_log(run) -> list[int]:
+    return steps_in(run) if (run / "metrics.jsonl").exists() else []
 
 
 def test_incomplete_process_flags_are_refused(tmp_path):
