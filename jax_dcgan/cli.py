@@ -227,8 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _quiet_libraries() -> None:
-    """Library log lines (orbax's, asyncio's tracebacks from its threads) are not for users;
-    errors reach them as this tool's own messages."""
+    """Library log lines (orbax's absl warnings, asyncio's about background tasks) are not for
+    users; errors reach them as this tool's own messages."""
     import logging
     import warnings
 
