@@ -120,8 +120,7 @@ def fused_variant(cfg: Config, steps: int) -> Timed:
 
     device = jax.local_devices()[0]
     dataset = _images(cfg, cfg.batch_size * steps * 2)
-    batches = Batches(dataset, cfg.replace(steps_per_dispatch=steps), [device], resident=True,
-                      pmap_layout=False)
+    batches = Batches(dataset, cfg.replace(steps_per_dispatch=steps), [device], resident=True)
     step = jit_train_steps(cfg)
     box = [jax.device_put(create_train_state(cfg), device), 0]
 

@@ -31,6 +31,11 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return np.clip((images.astype(np.float32) + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
 
 
+def to_unit(images: np.ndarray) -> np.ndarray:
+    """float32 in [-1, 1] on the uint8 grid, so generated and real images are treated alike."""
+    return to_uint8(images).astype(np.float32) / 127.5 - 1
+
+
 # -- Frechet distance and FID ---------------------------------------------------------------
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
@@ -172,10 +177,9 @@ def sliced_wasserstein(real: np.ndarray, fake: np.ndarray, seed: int = 0,
     size = real.shape[1]
     levels = max(1, int(np.log2(size // min_size)) + 1)
     rng = np.random.default_rng(seed)
-    to_float = lambda x: to_uint8(x).astype(np.float32) / 127.5 - 1
     result = {}
-    for level_real, level_fake in zip(laplacian_pyramid(to_float(real), levels),
-                                      laplacian_pyramid(to_float(fake), levels)):
+    for level_real, level_fake in zip(laplacian_pyramid(to_unit(real), levels),
+                                      laplacian_pyramid(to_unit(fake), levels)):
         c = real.shape[-1]
         a = _normalize(_descriptors(level_real, descriptors_per_image, patch, rng), c)
         b = _normalize(_descriptors(level_fake, descriptors_per_image, patch, rng), c)
@@ -193,7 +197,7 @@ def diversity(images: np.ndarray) -> float:
     Coarse on purpose: a collapsed generator makes the same face with different
     pixel noise, which the downsampling removes.
     """
-    x = to_uint8(images).astype(np.float32) / 127.5 - 1
+    x = to_unit(images)
     while x.shape[1] > 16:
         x = 0.25 * (x[:, ::2, ::2] + x[:, 1::2, ::2] + x[:, ::2, 1::2] + x[:, 1::2, 1::2])
     flat = x.reshape(len(x), -1)

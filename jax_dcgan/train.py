@@ -115,10 +115,9 @@ class Batches:
     for pmap over this process's D devices. With several processes each one takes its own
     contiguous part of every global batch, so it reads only its share of each epoch."""
 
-    def __init__(self, images: np.ndarray, cfg: Config, devices: list, resident: bool,
-                 pmap_layout: bool):
+    def __init__(self, images: np.ndarray, cfg: Config, devices: list, resident: bool):
         self.images, self.cfg, self.devices, self.resident = images, cfg, devices, resident
-        self.pmap_layout = pmap_layout
+        self.pmap_layout = pmap_layout = data_parallel(devices)
         single = jax.sharding.SingleDeviceSharding(devices[0])
         self.sharding = device_sharding(devices) if pmap_layout else single
         self._order_epoch, self._order = -1, None
@@ -210,6 +209,11 @@ class _Interrupt:
     def __exit__(self, *exc):
         for s, handler in self._previous.items():
             signal.signal(s, handler)
+
+
+def data_parallel(devices: list) -> bool:
+    """Whether the run uses the pmap step (more than one device in all)."""
+    return len(devices) > 1 or jax.process_count() > 1
 
 
 def select_devices(cfg: Config) -> list:
@@ -326,8 +330,8 @@ def train(cfg: Config, out: str, resume: bool = False, quiet: bool = False) -> T
     # Several processes stream their own share of each batch instead of each holding it all.
     resident = processes == 1 and ({"yes": True, "no": False}.get(cfg.data_on_device)
                                    or fits_on_device(images.nbytes, devices[0]))
-    parallel = len(devices) > 1 or processes > 1
-    batches = Batches(images, cfg, devices, resident, pmap_layout=parallel)
+    parallel = data_parallel(devices)
+    batches = Batches(images, cfg, devices, resident)
     step_fn = (pmap_train_steps(cfg, None if processes > 1 else devices) if parallel
                else jit_train_steps(cfg))
     place = (lambda s: replicate(s, devices)) if parallel else (lambda s: jax.device_put(s, devices[0]))
