@@ -27,6 +27,7 @@ from typing import Callable
 import jax
 import numpy as np
 
+from jax_dcgan import hostmem
 from jax_dcgan.config import Config
 from jax_dcgan.errors import UserError
 from jax_dcgan.step import (create_train_state, device_sharding, jit_train_steps,
@@ -195,6 +196,7 @@ def run(cfg: Config, steps: int, repeats: int, variants: tuple[str, ...], device
                    "image_size": cfg.image_size, "dtype": cfg.dtype, "steps": steps,
                    "repeats": repeats},
         "device": describe_device(devices_used),
+        "host_huge_pages": hostmem.enabled(),
         "versions": _versions(),
         "variants": rows,
     }
@@ -221,7 +223,8 @@ def _versions() -> dict:
 
 def format_table(result: dict) -> str:
     c = result["config"]
-    lines = [f"device: {result['device']}",
+    lines = [f"device: {result['device']}"
+             + ("; host buffers on huge pages" if result["host_huge_pages"] else ""),
              f"batch {c['batch_size']}, widths {c['gen_features']}/{c['dis_features']}, latent "
              f"{c['latent_dim']}, {c['image_size']}x{c['image_size']}, {c['dtype']}; median of "
              f"{c['repeats']} repeats of {c['steps']} steps",

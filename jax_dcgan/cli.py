@@ -12,6 +12,7 @@ import dataclasses
 import os
 import sys
 
+from jax_dcgan import hostmem
 from jax_dcgan.config import PRESETS, Config, preset
 from jax_dcgan.errors import UserError
 
@@ -238,6 +239,8 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # a command line, not a call from Python
+        hostmem.reexec_with_huge_pages()
     args = build_parser().parse_args(argv)
     _quiet_libraries()
     try:

@@ -2,13 +2,14 @@
 
 A convolution and a transposed convolution are each other's adjoint, and each is
 written as a matrix product plus one data rearrangement: im2col (gathering each
-output's input window into a row) for the convolution, col2im (scattering each
-input's products to the outputs they touch, a fused sum of padded slices) for
-the transposed one. Custom VJPs pair them so that every pass, forward and
-backward, is a matmul plus one of those two fast rearrangements. XLA's own CPU
-kernels for strided and input-dilated convolutions, and the layouts it picks for
-their gradients inside `scan`, were measured 1.5-20x slower; see
-docs/BENCHMARKS.md. The results are the same to float64 rounding
+output's input window into a row) for the convolution, col2im (summing each
+input's products into the outputs they touch) for the transposed one. Both view
+the image as blocks of stride x stride pixels, so that they are unstrided slices
+and one transpose, which XLA runs at memory speed. Custom VJPs pair the two so
+that every pass, forward and backward, is a matmul plus one rearrangement.
+XLA's own CPU kernels for strided and input-dilated convolutions, and the
+layouts it picks for their gradients inside `scan`, were measured 1.5-20x
+slower; see docs/BENCHMARKS.md. The results are the same to float64 rounding
 (parity_tests/test_layers.py).
 
 Kernels are stored in the layout their matrix product reads, so converting
@@ -46,38 +47,59 @@ def dcgan_normal(mean: float = 0.0) -> Initializer:
     return init
 
 
+def _blocks_per_window(k: int, stride: int) -> int:
+    """m: a window of k pixels spans m blocks of `stride` (k rounded up to m * stride)."""
+    return -(-k // stride)
+
+
 def im2col(x: jax.Array, k: int, stride: int, padding: int) -> jax.Array:
     """(N, H, W, C) -> (N, Ho, Wo, k*k*C): each output's input window, in (ky, kx, c) order.
 
-    One gather: XLA's concatenate of strided slices was measured 2x slower.
+    Seen as blocks of stride x stride pixels (a free reshape, then one transpose),
+    the padded input holds every window in m x m whole blocks, so the patches are
+    m * m unstrided slices: XLA copies them at memory speed, where a gather or
+    strided slices ran 2-10x slower. (Where k is not a multiple of the stride, the
+    windows are taken m * stride wide and cut back to k.)
     """
     n, h, w, c = x.shape
-    ho, wo = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
+    s, m = stride, _blocks_per_window(k, stride)
+    ho, wo = (h + 2 * padding - k) // s + 1, (w + 2 * padding - k) // s + 1
     if (ho, wo) == (1, 1) and padding == 0 and (h, w) == (k, k):  # the window is the input
         return x.reshape(n, 1, 1, k * k * c)
-    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    rows = stride * np.arange(ho)[:, None] + np.arange(k)[None, :]
-    cols = stride * np.arange(wo)[:, None] + np.arange(k)[None, :]
-    return x[:, rows[:, None, :, None], cols[None, :, None, :]].reshape(n, ho, wo, k * k * c)
+    bh, bw = ho - 1 + m, wo - 1 + m
+    zero = jnp.zeros((), x.dtype)
+    x = lax.pad(x, zero, ((0, 0, 0), (padding, s * bh - h - padding, 0),
+                          (padding, s * bw - w - padding, 0), (0, 0, 0)))
+    x = x.reshape(n, bh, s, bw, s, c).transpose(0, 1, 3, 2, 4, 5)  # (n, I, J, qy, qx, c)
+    # Tap (ky, kx) = (s*a + qy, s*b + qx) of output (i, j) is pixel (qy, qx) of block (i+a, j+b).
+    rows = [jnp.stack([x[:, a:a + ho, b:b + wo] for b in range(m)], axis=4) for a in range(m)]
+    windows = jnp.stack(rows, axis=3).reshape(n, ho, wo, m * s, m * s, c)[:, :, :, :k, :k]
+    return windows.reshape(n, ho, wo, k * k * c)
 
 
 def col2im(y: jax.Array, stride: int, padding: int, h: int, w: int) -> jax.Array:
     """The adjoint of im2col: (N, Hi, Wi, k, k, C) window contributions summed into (N, H, W, C).
 
-    Tap (i, j) of input pixel (a, b) lands on output (s*a - p + i, s*b - p + j): a
-    strided grid that `lax.pad` with interior padding s - 1 (and edge padding
-    i - p, cropping where negative) puts in place; XLA fuses the sum into one loop.
+    The same blocks as in im2col: tap (s*a + qy, s*b + qx) of input (i, j) lands on
+    pixel (qy, qx) of output block (i+a, j+b), so the sum is m * m shifted copies
+    (one fused loop), and one transpose puts the blocks' pixels in place.
     """
-    hi, wi, k = y.shape[1], y.shape[2], y.shape[3]
+    n, hi, wi, k, _, c = y.shape
+    s, m = stride, _blocks_per_window(k, stride)
+    if (hi, wi) == (1, 1) and padding == 0 and (h, w) == (k, k):  # one window: the output
+        return y.reshape(n, k, k, c)
+    bh, bw = hi - 1 + m, wi - 1 + m
     zero = jnp.zeros((), y.dtype)
-
-    def place(i: int, size: int, out: int) -> tuple[int, int, int]:
-        low = i - padding
-        return low, out - low - (size - 1) * stride - 1, stride - 1
-
-    return sum(lax.pad(y[:, :, :, i, j], zero, ((0, 0, 0), place(i, hi, h), place(j, wi, w),
-                                                (0, 0, 0)))
-               for i in range(k) for j in range(k))
+    taps = (0, m * s - k, 0)  # zero taps up to whole blocks
+    y = lax.pad(y, zero, ((0, 0, 0),) * 3 + (taps, taps, (0, 0, 0)))
+    y = y.reshape(n, hi, wi, m, s, m, s, c)
+    blocks = sum(lax.pad(y[:, :, :, a, :, b], zero, ((0, 0, 0), (a, m - 1 - a, 0),
+                                                     (b, m - 1 - b, 0), (0, 0, 0), (0, 0, 0),
+                                                     (0, 0, 0)))
+                 for a in range(m) for b in range(m))
+    full = blocks.transpose(0, 1, 3, 2, 4, 5).reshape(n, s * bh, s * bw, c)
+    return lax.pad(full, zero, ((0, 0, 0), (-padding, h + padding - s * bh, 0),
+                                (-padding, w + padding - s * bw, 0), (0, 0, 0)))
 
 
 def _matmul(a: jax.Array, b: jax.Array) -> jax.Array:

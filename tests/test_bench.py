@@ -1,6 +1,9 @@
 """`jax-dcgan bench` on a tiny configuration: its output, not its timings."""
 
 import json
+import sys
+
+from jax_dcgan import hostmem
 
 from .helpers import cli
 
@@ -11,6 +14,8 @@ TINY_FLAGS = ["--batch-size", "8", "--gen-features", "8", "--dis-features", "8",
 def test_bench_json_has_every_variant_with_ratios():
     result = json.loads(cli("bench", "--json", *TINY_FLAGS).stdout)
     assert result["config"]["batch_size"] == 8 and "cpu" in result["device"].lower()
+    # The command line re-executed itself with huge pages wherever Linux offers them.
+    assert result["host_huge_pages"] == (sys.platform == "linux" and hostmem._thp_available())
     names = [v["name"] for v in result["variants"]]
     assert names[0] == "torch" and any(n.startswith("jax-pmap (4 devices)") for n in names)
     assert {"jax-jit", "jax-train-loop"} <= set(names) and any("fused" in n for n in names)
@@ -24,3 +29,18 @@ def test_bench_json_has_every_variant_with_ratios():
 def test_bench_table_and_bfloat16():
     out = cli("bench", *TINY_FLAGS, "--dtype", "bfloat16", "--variants", "torch", "jax-jit").stdout
     assert "bfloat16" in out and "jax-jit" in out and "vs torch" in out
+
+
+def test_huge_pages_can_be_turned_off():
+    result = json.loads(cli("bench", "--json", *TINY_FLAGS, "--variants", "jax-jit",
+                            env={"JAX_DCGAN_HUGE_PAGES": "0"}).stdout)
+    assert result["host_huge_pages"] is False
+
+
+def test_huge_pages_read_from_glibc_tunables(monkeypatch):
+    available = sys.platform == "linux" and hostmem._thp_available()
+    for tunables, expected in [("glibc.malloc.hugetlb=1", available),
+                               ("glibc.malloc.arena_max=1:glibc.malloc.hugetlb=2", available),
+                               ("glibc.malloc.hugetlb=0", False), ("", False)]:
+        monkeypatch.setenv("GLIBC_TUNABLES", tunables)
+        assert hostmem.enabled() == expected, tunables

@@ -1,0 +1,50 @@
+"""Transparent huge pages for XLA's host buffers on Linux CPUs.
+
+XLA's CPU runtime allocates every step's intermediates afresh (~230 MB for the
+lecture's step at batch 32) and glibc maps and unmaps them with 4 KiB pages: about
+60,000 page faults and 180 ms of kernel time per step on this project's 2-core
+machine. With glibc's `glibc.malloc.hugetlb=1` tunable, malloc asks for
+transparent huge pages and the faults drop to a few hundred (docs/BENCHMARKS.md).
+The tunable is read when a process starts, so the command-line tool re-executes
+itself once with it set, as PyTorch's CPU launcher (`torch.backends.xeon.run_cpu`)
+relaunches with a tuned allocator. `JAX_DCGAN_HUGE_PAGES=0` turns this off.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+TUNABLE = "glibc.malloc.hugetlb"
+_THP_MODE = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def enabled() -> bool:
+    """Whether this process started with huge pages requested from malloc."""
+    return _tunables().get(TUNABLE, "0") != "0" and _thp_available()
+
+
+def _tunables() -> dict[str, str]:
+    pairs = (item.partition("=") for item in os.environ.get("GLIBC_TUNABLES", "").split(":"))
+    return {name: value for name, _, value in pairs if name}
+
+
+def _thp_available() -> bool:
+    try:
+        with open(_THP_MODE) as f:
+            return "[never]" not in f.read()
+    except OSError:
+        return False
+
+
+def reexec_with_huge_pages() -> None:
+    """Replace this process by the same command with the tunable set (same PID, so
+    signals and exit codes are unchanged); returns only where that does not apply."""
+    if (sys.platform != "linux" or not sys.executable or TUNABLE in _tunables()
+            or os.environ.get("JAX_DCGAN_HUGE_PAGES") == "0" or not _thp_available()):
+        return
+    tunables = ":".join(filter(None, [os.environ.get("GLIBC_TUNABLES"), f"{TUNABLE}=1"]))
+    try:
+        os.execve(sys.executable, sys.orig_argv, {**os.environ, "GLIBC_TUNABLES": tunables})
+    except OSError:
+        pass  # carry on with the default allocator
