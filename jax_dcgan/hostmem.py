@@ -1,10 +1,10 @@
 """Transparent huge pages for XLA's host buffers on Linux CPUs.
 
-XLA's CPU runtime allocates every step's intermediates afresh (~230 MB for the
-lecture's step at batch 32) and glibc maps and unmaps them with 4 KiB pages: about
-60,000 page faults and 180 ms of kernel time per step on this project's 2-core
-machine. With glibc's `glibc.malloc.hugetlb=1` tunable, malloc asks for
-transparent huge pages and the faults drop to a few hundred (docs/BENCHMARKS.md).
+XLA's CPU runtime allocates every step's intermediates afresh and glibc maps and
+unmaps them with 4 KiB pages: up to 70,000 page faults per step of the lecture's
+model at batch 32 on this project's 2-core machine. With glibc's
+`glibc.malloc.hugetlb=1` tunable, malloc asks for transparent huge pages and the
+faults drop more than tenfold (docs/BENCHMARKS.md).
 The tunable is read when a process starts, so the command-line tool re-executes
 itself once with it set, as PyTorch's CPU launcher (`torch.backends.xeon.run_cpu`)
 relaunches with a tuned allocator. `JAX_DCGAN_HUGE_PAGES=0` turns this off.
@@ -19,9 +19,14 @@ TUNABLE = "glibc.malloc.hugetlb"
 _THP_MODE = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 
+def available() -> bool:
+    """Linux with transparent huge pages not switched off."""
+    return sys.platform == "linux" and _thp_available()
+
+
 def enabled() -> bool:
     """Whether this process started with huge pages requested from malloc."""
-    return _tunables().get(TUNABLE, "0") != "0" and _thp_available()
+    return _tunables().get(TUNABLE, "0") != "0" and available()
 
 
 def _tunables() -> dict[str, str]:
@@ -40,8 +45,8 @@ def _thp_available() -> bool:
 def reexec_with_huge_pages() -> None:
     """Replace this process by the same command with the tunable set (same PID, so
     signals and exit codes are unchanged); returns only where that does not apply."""
-    if (sys.platform != "linux" or not sys.executable or TUNABLE in _tunables()
-            or os.environ.get("JAX_DCGAN_HUGE_PAGES") == "0" or not _thp_available()):
+    if (not available() or not sys.executable or TUNABLE in _tunables()
+            or os.environ.get("JAX_DCGAN_HUGE_PAGES") == "0"):
         return
     tunables = ":".join(filter(None, [os.environ.get("GLIBC_TUNABLES"), f"{TUNABLE}=1"]))
     try:

@@ -5,9 +5,9 @@ written as a matrix product plus one data rearrangement: im2col (gathering each
 output's input window into a row) for the convolution, col2im (summing each
 input's products into the outputs they touch) for the transposed one. Both view
 the image as blocks of stride x stride pixels, so that they are unstrided slices
-and one transpose (1.3-8x faster in XLA than a gather or interior-padded pads,
-measured alone; docs/BENCHMARKS.md). Custom VJPs pair the two so
-that every pass, forward and backward, is a matmul plus one rearrangement.
+and one transpose rather than a gather and interior-padded pads. Custom VJPs
+pair the two so that every pass, forward and backward, is a matmul plus one
+rearrangement.
 XLA's own CPU kernels for strided and input-dilated convolutions, and the
 layouts it picks for their gradients inside `scan`, were measured 1.5-20x
 slower; see docs/BENCHMARKS.md. The results are the same to float64 rounding
@@ -58,9 +58,8 @@ def im2col(x: jax.Array, k: int, stride: int, padding: int) -> jax.Array:
 
     Seen as blocks of stride x stride pixels (a free reshape, then one transpose),
     the padded input holds every window in m x m whole blocks, so the patches are
-    m * m unstrided slices, which XLA copies 1.3-3x faster than one gather. (Where
-    k is not a multiple of the stride, the windows are taken m * stride wide and
-    cut back to k.)
+    m * m unstrided slices. (Where k is not a multiple of the stride, the windows
+    are taken m * stride wide and cut back to k.)
     """
     n, h, w, c = x.shape
     s, m = stride, _blocks_per_window(k, stride)

@@ -1,7 +1,6 @@
 """`jax-dcgan bench` on a tiny configuration: its output, not its timings."""
 
 import json
-import sys
 
 from jax_dcgan import hostmem
 
@@ -15,7 +14,7 @@ def test_bench_json_has_every_variant_with_ratios():
     result = json.loads(cli("bench", "--json", *TINY_FLAGS).stdout)
     assert result["config"]["batch_size"] == 8 and "cpu" in result["device"].lower()
     # The command line re-executed itself with huge pages wherever Linux offers them.
-    assert result["host_huge_pages"] == (sys.platform == "linux" and hostmem._thp_available())
+    assert result["host_huge_pages"] == hostmem.available()
     names = [v["name"] for v in result["variants"]]
     assert names[0] == "torch" and any(n.startswith("jax-pmap (4 devices)") for n in names)
     assert {"jax-jit", "jax-train-loop"} <= set(names) and any("fused" in n for n in names)
@@ -38,7 +37,7 @@ def test_huge_pages_can_be_turned_off():
 
 
 def test_huge_pages_read_from_glibc_tunables(monkeypatch):
-    available = sys.platform == "linux" and hostmem._thp_available()
+    available = hostmem.available()
     for tunables, expected in [("glibc.malloc.hugetlb=1", available),
                                ("glibc.malloc.arena_max=1:glibc.malloc.hugetlb=2", available),
                                ("glibc.malloc.hugetlb=0", False), ("", False)]:
