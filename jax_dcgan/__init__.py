@@ -4,4 +4,4 @@ Importing the package is cheap (no JAX import): the data workers and the command
 line's error paths rely on that.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -1,48 +1,71 @@
-"""Side-by-side timing of the training step: PyTorch reference vs the JAX variants.
+"""Side-by-side timing of the training step: PyTorch as users run it, and the JAX variants.
 
 Every variant runs the same configuration on this machine in one process.
 Compilation and warm-up are excluded from the timed part (and reported); the
 timed repeats are interleaved across variants so that drift in the machine's
-speed hits all of them alike; each figure is the median (min, max) over repeats
-of a block of `steps` steps.
+speed hits all of them alike; each figure is the median (min, max) over repeats.
 
-Variants: `torch` (the lecture's eager step), `jax-jit` (one step per call, one
-device), `jax-pmap` (one step per call on every local device), `jax-fused`
-(`steps` steps per call with `lax.scan`, batches gathered on the device from a
-device-resident dataset: the training loop's fast path) and `jax-train-loop`
-(`jax-dcgan train` itself on device-resident synthetic data, its steady rate).
+Variants:
+  torch              the lecture's eager step
+  torch-compiled     what a PyTorch user runs on a GPU: torch.compile'd networks in
+                     channels_last (bf16 autocast with --dtype bfloat16)
+  jax-jit-matmul     one step per call on one device, convolutions as matmuls
+  jax-jit-xla        the same with XLA's native convolutions (cuDNN on GPUs)
+  jax-pmap           one step per call on every local device (--conv-impl auto)
+  jax-fused-matmul   `steps` steps per call (lax.scan) on device-resident batches, four
+                     calls per timed block dispatched back to back
+  jax-fused-xla      the same with XLA's native convolutions
+  jax-train-loop     `jax-dcgan train` itself with its default flags (steps per call,
+                     epoch ends, logging, checkpoints), on epochs of `steps` steps: its
+                     steady rate after the first epoch, from its own metrics
+
+FLOPs per step come from XLA's cost analysis of the one-step program; model FLOP
+utilisation divides them by the step time and the device's peak where it is known.
+`layer_times` times each convolution layer's forward and backward pass in both backends.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import platform
+import re
 import statistics
 import tempfile
 import time
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from jax_dcgan import hostmem
+from jax_dcgan import rundir, runtime
 from jax_dcgan.config import Config
-from jax_dcgan.errors import UserError
-from jax_dcgan.step import (create_train_state, device_sharding, jit_train_steps,
-                            pmap_train_steps, replicate)
+from jax_dcgan.errors import check_batch_split, summarize
+from jax_dcgan.parallel import device_sharding, replicate
+from jax_dcgan.step import create_train_state, jit_train_steps, pmap_train_steps
 
+VARIANTS = ("torch", "torch-compiled", "jax-jit-matmul", "jax-jit-xla", "jax-pmap",
+            "jax-fused-matmul", "jax-fused-xla", "jax-train-loop")
+# Dense datasheet peaks in TFLOP/s per chip: (bfloat16, float32 as JAX runs it by default:
+# TF32 on NVIDIA GPUs, bfloat16 passes on TPUs). Checked in order, first match wins.
+PEAK_TFLOPS = (("H100 PCIe", (756, 378)), ("H100", (989, 495)), ("H200", (989, 495)),
+               ("A100", (312, 156)), ("L4", (121, 60)), ("TPU v4", (275, 275)),
+               ("TPU v5 lite", (197, 197)), ("TPU v5", (459, 459)), ("TPU v6 lite", (918, 918)))
+LIBRARY_CALL = re.compile(r'custom_call_target="(__cudnn\$[A-Za-z]+|__cublas\$[A-Za-z$]+)"')
 
 
 @dataclasses.dataclass
 class Timed:
     name: str
     framework: str
-    run_block: Callable[[], None] | None  # runs `steps` steps and waits for them
+    measure: Callable[[], float] | None  # seconds per step of one timed repeat
     compile_s: float
-    times: list[float] = dataclasses.field(default_factory=list)  # seconds per step
-    peak_memory_bytes: int | None = None
+    times: list[float] = dataclasses.field(default_factory=list)
+    error: str | None = None
+    extra: dict = dataclasses.field(default_factory=dict)
 
 
 def _images(cfg: Config, n: int, seed: int = 0) -> np.ndarray:
@@ -50,60 +73,91 @@ def _images(cfg: Config, n: int, seed: int = 0) -> np.ndarray:
         0, 256, (n, cfg.image_size, cfg.image_size, cfg.channels), np.uint8)
 
 
-def _first_call(fn: Callable[[], None]) -> float:
+def _first_call(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
 
 
-def torch_variant(cfg: Config, steps: int) -> Timed:
-    import torch
+def _block(run: Callable[[], None], steps: int) -> Callable[[], float]:
+    def measure():
+        start = time.perf_counter()
+        run()
+        return (time.perf_counter() - start) / steps
+    return measure
 
+
+def torch_variant(cfg: Config, steps: int, compiled: bool) -> Timed:
+    from jax_dcgan.optional import import_torch
+
+    torch = import_torch()
     from torch_reference import DCGAN, make_optimizers, train_step
 
+    name = "torch-compiled" if compiled else "torch"
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(cfg.seed)
     model = DCGAN(cfg.latent_dim, cfg.gen_features, cfg.dis_features, cfg.channels,
                   cfg.image_size).to(device)
-    opt_g, opt_d = make_optimizers(model, cfg.lr_g, cfg.lr_d, (cfg.beta1, cfg.beta2), cfg.eps)
     real = torch.from_numpy(_images(cfg, cfg.batch_size)).to(device).permute(0, 3, 1, 2)
     real = real.float().div(255).sub(0.5).div(0.5).contiguous()
-    autocast = (torch.autocast(device, dtype=torch.bfloat16) if cfg.dtype == "bfloat16"
-                else torch.autocast(device, enabled=False))
+    if compiled:
+        model = model.to(memory_format=torch.channels_last)
+        model.generator = torch.compile(model.generator)
+        model.discriminator = torch.compile(model.discriminator)
+        real = real.contiguous(memory_format=torch.channels_last)
+    opt_g, opt_d = make_optimizers(model, cfg.lr_g, cfg.lr_d, (cfg.beta1, cfg.beta2), cfg.eps)
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
 
-    def block():
+    def run():
         with autocast:
             for _ in range(steps):
-                train_step(model, opt_g, opt_d, real)  # .item() in it syncs every step
+                noise = torch.randn(cfg.batch_size, cfg.latent_dim, 1, 1, device=device)
+                train_step(model, opt_g, opt_d, real, noise)  # .item() in it syncs every step
         if device == "cuda":
             torch.cuda.synchronize()
 
-    timed = Timed("torch", "torch", block, _first_call(block))
+    try:
+        timed = Timed(name, "torch", _block(run, steps), _first_call(run))
+    except Exception as e:  # torch.compile needs a C++ compiler on CPUs, Triton on GPUs
+        return Timed(name, "torch", None, 0.0, error=f"could not run: {summarize(e)}")
     if device == "cuda":
-        timed.peak_memory_bytes = torch.cuda.max_memory_allocated()
+        timed.extra["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
     return timed
 
 
-def _stepping(step, state, batch, steps: int):
-    """A timed block: `steps` calls of `step` on one batch, carrying the state across blocks."""
-    box = [state]
+def _carry(step, state, batch_of: Callable[[int], jax.Array], steps_per_call: int,
+           calls: int) -> Callable[[], None]:
+    """`calls` calls of `step`, carrying the state across blocks."""
+    box = [state, 0]
 
-    def block():
-        state = box[0]
-        for _ in range(steps):
-            state, metrics = step(state, batch)
-        box[0] = state
+    def run():
+        state, position = box
+        for _ in range(calls):
+            state, metrics = step(state, batch_of(position))
+            position += steps_per_call
+        box[:] = [state, position]
         jax.block_until_ready(metrics)
+    return run
 
-    return block
 
-
-def jit_variant(cfg: Config, steps: int) -> Timed:
-    device = jax.local_devices()[0]
-    step = jit_train_steps(cfg)
+def compile_step(cfg: Config, device) -> tuple[Callable, object, jax.Array]:
+    """The one-step program on `device`, compiled ahead of time: (callable, state, batch)."""
+    state = jax.device_put(create_train_state(cfg), device)
     batch = jax.device_put(_images(cfg, cfg.batch_size)[None], device)
-    block = _stepping(step, jax.device_put(create_train_state(cfg), device), batch, steps)
-    return Timed("jax-jit", "jax", block, _first_call(block))
+    return jit_train_steps(cfg).lower(state, batch).compile(), state, batch
+
+
+def jit_variant(cfg: Config, steps: int, impl: str) -> Timed:
+    start = time.perf_counter()
+    compiled, state, batch = compile_step(cfg.replace(conv_impl=impl), jax.local_devices()[0])
+    run = _carry(compiled, state, lambda _: batch, 1, steps)
+    run()
+    timed = Timed(f"jax-jit-{impl}", "jax", _block(run, steps), time.perf_counter() - start)
+    timed.extra["flops_per_step"] = _flops(compiled)
+    hlo = compiled.as_text()
+    timed.extra["library_calls"] = dict(sorted(_count(LIBRARY_CALL.findall(hlo)).items()))
+    timed.extra["hlo"] = hlo
+    return timed
 
 
 def pmap_variant(cfg: Config, steps: int, devices: list) -> Timed:
@@ -112,92 +166,148 @@ def pmap_variant(cfg: Config, steps: int, devices: list) -> Timed:
     batch = jax.device_put(_images(cfg, cfg.batch_size).reshape(d, 1, cfg.batch_size // d,
                                                                 *([cfg.image_size] * 2), -1),
                            device_sharding(devices))
-    block = _stepping(step, replicate(create_train_state(cfg), devices), batch, steps)
-    return Timed(f"jax-pmap ({d} device{'s' if d > 1 else ''})", "jax", block, _first_call(block))
+    run = _carry(step, replicate(create_train_state(cfg), devices), lambda _: batch, 1, steps)
+    return Timed(f"jax-pmap ({d} device{'s' if d > 1 else ''})", "jax", _block(run, steps),
+                 _first_call(run))
 
 
-def fused_variant(cfg: Config, steps: int) -> Timed:
-    from jax_dcgan.train import Batches
+def fused_variant(cfg: Config, steps: int, impl: str, calls: int = 4) -> Timed:
+    """`calls` calls of `steps` steps each per timed block, dispatched back to back on
+    batches gathered on the device: the rate of a device that never waits for the host."""
+    from jax_dcgan.feeding import Batches
+    from jax_dcgan.parallel import Layout
 
     device = jax.local_devices()[0]
-    dataset = _images(cfg, cfg.batch_size * steps * 2)
-    batches = Batches(dataset, cfg.replace(steps_per_dispatch=steps), [device], resident=True)
-    step = jit_train_steps(cfg)
-    box = [jax.device_put(create_train_state(cfg), device), 0]
-
-    def block():
-        state, start = box
-        state, metrics = step(state, batches.get(start, steps, 2 * steps))
-        box[:] = [state, (start + steps) % (2 * steps)]
-        jax.block_until_ready(metrics)
-
-    return Timed(f"jax-fused ({steps} steps/call)", "jax", block, _first_call(block))
+    layout = Layout([device])
+    batches = Batches(_images(cfg, cfg.batch_size * steps * 2), cfg.batch_size, cfg.seed,
+                      2 * steps, layout, resident=True)
+    state = jax.device_put(create_train_state(cfg), device)
+    run = _carry(jit_train_steps(cfg.replace(conv_impl=impl)), state,
+                 lambda position: batches.get(position % (2 * steps), steps), steps, calls)
+    return Timed(f"jax-fused-{impl} ({steps} steps/call)", "jax", _block(run, steps * calls),
+                 _first_call(run))
 
 
-def train_loop_rate(cfg: Config, steps: int, repeats: int) -> Timed:
-    """`jax-dcgan train` itself: its steady-state step time from its own metrics."""
-    from jax_dcgan import plots
+def train_loop_variant(cfg: Config, steps: int, epochs: int) -> Timed:
+    """`jax-dcgan train` with default loop flags on epochs of `steps` steps; each repeat is a
+    new run, timed from its first epoch end on, from the rates in its metrics."""
+    from jax_dcgan.plots import read_metrics
     from jax_dcgan.train import train
 
-    blocks = repeats + 1
-    run_cfg = cfg.replace(dataset="synthetic", num_synthetic=cfg.batch_size * steps * blocks,
-                          steps=steps * blocks, epochs=1, log_every=steps,
-                          checkpoint_every=steps * blocks, steps_per_dispatch=steps,
-                          data_on_device="yes", devices=1)
-    with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        train(run_cfg.replace(cache_dir=tmp), f"{tmp}/run", quiet=True)
-        total = time.perf_counter() - start
-        records = plots.read_metrics(f"{tmp}/run/metrics.jsonl")
-    rates = [r["images_per_s"] for r in records[steps::steps]]  # one per block after the first
-    timed = Timed("jax-train-loop", "jax", None, total)
-    timed.times = [cfg.batch_size / rate for rate in rates]
+    cache = tempfile.mkdtemp(prefix="jax-dcgan-bench-")
+    run_cfg = cfg.replace(dataset="synthetic", num_synthetic=cfg.batch_size * steps,
+                          epochs=epochs, steps=0, cache_dir=cache)
+
+    def measure():
+        with tempfile.TemporaryDirectory() as tmp:
+            train(run_cfg, f"{tmp}/run", quiet=True)
+            records = read_metrics(f"{tmp}/run/metrics.jsonl")
+        steady = [r for r in records if r["epoch"] > 1]
+        return sum(1 / r["images_per_s"] for r in steady) * cfg.batch_size / len(steady)
+
+    start = time.perf_counter()
+    first = measure()
+    timed = Timed(f"jax-train-loop (epochs of {steps} steps)", "jax", measure,
+                  time.perf_counter() - start)
+    timed.times.append(first)
     return timed
 
 
-def run(cfg: Config, steps: int, repeats: int, variants: tuple[str, ...], devices: int) -> dict:
+def _flops(compiled) -> float | None:
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, (list, tuple)):
+        analysis = analysis[0] if analysis else {}
+    flops = (analysis or {}).get("flops")
+    return float(flops) if flops and flops > 0 else None
+
+
+def _count(items: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item] = counts.get(item, 0) + 1
+    return counts
+
+
+def peak_flops(device, dtype: str) -> float | None:
+    kind = getattr(device, "device_kind", "")
+    for name, (bf16, f32) in PEAK_TFLOPS:
+        if name in kind:
+            return 1e12 * {"bfloat16": bf16, "float32": f32}.get(dtype, 0) or None
+    return None
+
+
+def default_variants(platform_name: str) -> tuple[str, ...]:
+    """All variants but, on CPUs, jax-fused-xla: XLA's CPU backend runs native convolutions
+    inside `lax.scan` 20-40x slower (docs/BENCHMARKS.md); name it to run it anyway."""
+    return tuple(v for v in VARIANTS if not (platform_name == "cpu" and v == "jax-fused-xla"))
+
+
+def run(cfg: Config, steps: int, repeats: int, variants: tuple[str, ...], devices: int,
+        loop_epochs: int = 3, hlo_dir: str | None = None) -> dict:
+    """Build the variants, time them interleaved, and summarise; with `hlo_dir`, also write
+    the compiled one-step programs of the jit variants there."""
     local = jax.local_devices()
     devices_used = local[:devices or len(local)]
-    if cfg.batch_size % len(devices_used):
-        raise UserError(f"--batch-size {cfg.batch_size} does not split over "
-                        f"{len(devices_used)} devices; use a multiple or --devices.")
-    builders = {"torch": lambda: torch_variant(cfg, steps),
-                "jax-jit": lambda: jit_variant(cfg, steps),
-                "jax-pmap": lambda: pmap_variant(cfg, steps, devices_used),
-                "jax-fused": lambda: fused_variant(cfg, steps)}
-    timed = [builders[v]() for v in variants if v in builders]
+    check_batch_split(cfg.batch_size, len(devices_used))
+    if cfg.compilation_cache:
+        from jax_dcgan.data import cache_root
+        runtime.enable_compilation_cache(os.path.join(cache_root(cfg), "xla"))
+    builders = {
+        "torch": lambda: torch_variant(cfg, steps, compiled=False),
+        "torch-compiled": lambda: torch_variant(cfg, steps, compiled=True),
+        "jax-jit-matmul": lambda: jit_variant(cfg, steps, "matmul"),
+        "jax-jit-xla": lambda: jit_variant(cfg, steps, "xla"),
+        "jax-pmap": lambda: pmap_variant(cfg, steps, devices_used),
+        "jax-fused-matmul": lambda: fused_variant(cfg, steps, "matmul"),
+        "jax-fused-xla": lambda: fused_variant(cfg, steps, "xla"),
+        "jax-train-loop": lambda: train_loop_variant(cfg, steps, loop_epochs)}
+    timed = [builders[v]() for v in VARIANTS if v in variants]
+    for t in timed:
+        if hlo_dir and "hlo" in t.extra:
+            os.makedirs(hlo_dir, exist_ok=True)
+            with open(os.path.join(hlo_dir, f"{t.name}.hlo.txt"), "w") as f:
+                f.write(t.extra["hlo"])
     for _ in range(repeats):  # interleaved
         for t in timed:
-            start = time.perf_counter()
-            t.run_block()
-            t.times.append((time.perf_counter() - start) / steps)
-    if "jax-train-loop" in variants:
-        timed.append(train_loop_rate(cfg, steps, repeats))
-    stats = jax.local_devices()[0].memory_stats() or {}
-    for t in timed:
-        if t.framework == "jax" and "peak_bytes_in_use" in stats:
-            t.peak_memory_bytes = stats["peak_bytes_in_use"]  # the process's peak, all variants
+            if t.measure and len(t.times) < repeats:
+                t.times.append(t.measure())
+    return summarize_runs(cfg, steps, repeats, timed, devices_used)
 
-    reference = next((statistics.median(t.times) for t in timed if t.framework == "torch"), None)
+
+def summarize_runs(cfg: Config, steps: int, repeats: int, timed: list[Timed],
+                   devices: list) -> dict:
+    # The matmul program's count: its products are the model's multiply-adds, padding and
+    # all, as FLOPs are usually counted; XLA counts fewer for its own convolutions.
+    flops = next((t.extra["flops_per_step"] for name in ("jax-jit-matmul", "jax-jit-xla")
+                  for t in timed if t.name == name and t.extra.get("flops_per_step")), None)
+    peak = peak_flops(devices[0], cfg.dtype)
+    reference = next((statistics.median(t.times) for t in timed
+                      if t.name == "torch" and t.times), None)
+    stats = devices[0].memory_stats() or {}
     rows = []
     for t in timed:
-        median = statistics.median(t.times)
-        rows.append({
-            "name": t.name, "framework": t.framework,
-            "step_ms_median": 1e3 * median, "step_ms_min": 1e3 * min(t.times),
-            "step_ms_max": 1e3 * max(t.times), "images_per_s": cfg.batch_size / median,
-            "steps_per_s": 1 / median,
-            "ratio_to_torch": median / reference if reference else None,
-            "compile_s": t.compile_s, "peak_memory_bytes": t.peak_memory_bytes,
-            "repeats": len(t.times)})
+        row = {"name": t.name, "framework": t.framework, "compile_s": t.compile_s,
+               "repeats": len(t.times), "error": t.error}
+        if t.times:
+            median = statistics.median(t.times)
+            row.update(step_ms_median=1e3 * median, step_ms_min=1e3 * min(t.times),
+                       step_ms_max=1e3 * max(t.times), images_per_s=cfg.batch_size / median,
+                       steps_per_s=1 / median,
+                       ratio_to_torch=median / reference if reference else None,
+                       mfu=flops / median / peak if flops and peak else None)
+        row.update({k: v for k, v in t.extra.items() if k != "hlo"})
+        if t.framework == "jax" and "peak_bytes_in_use" in stats:
+            row["peak_memory_bytes"] = stats["peak_bytes_in_use"]  # the process's, all variants
+        rows.append(row)
     return {
         "config": {"batch_size": cfg.batch_size, "gen_features": cfg.gen_features,
                    "dis_features": cfg.dis_features, "latent_dim": cfg.latent_dim,
                    "image_size": cfg.image_size, "dtype": cfg.dtype, "steps": steps,
                    "repeats": repeats},
-        "device": describe_device(devices_used),
-        "host_huge_pages": hostmem.enabled(),
-        "versions": _versions(),
+        "device": describe_device(devices),
+        "flops_per_step": flops, "peak_flops": peak,
+        "host_huge_pages": runtime.huge_pages_enabled(),
+        "environment": rundir.environment(devices),
         "variants": rows,
     }
 
@@ -211,35 +321,119 @@ def describe_device(devices: list) -> str:
     return f"{len(devices)} x {kind} ({d.platform})"
 
 
-def _versions() -> dict:
-    versions = {"jax": jax.__version__, "python": platform.python_version()}
-    try:
-        import torch
-        versions["torch"] = torch.__version__
-    except ImportError:
-        pass
-    return versions
-
-
 def format_table(result: dict) -> str:
     c = result["config"]
+    flops = result["flops_per_step"]
     lines = [f"device: {result['device']}"
              + ("; host buffers on huge pages" if result["host_huge_pages"] else ""),
              f"batch {c['batch_size']}, widths {c['gen_features']}/{c['dis_features']}, latent "
              f"{c['latent_dim']}, {c['image_size']}x{c['image_size']}, {c['dtype']}; median of "
-             f"{c['repeats']} repeats of {c['steps']} steps",
-             f"{'variant':30s} {'step ms (min-max)':>24s} {'img/s':>9s} {'vs torch':>9s} "
-             f"{'compile s':>9s}"]
+             f"{c['repeats']} repeats of {c['steps']} steps"
+             + (f"; {flops / 1e9:.3g} GFLOP per step (XLA cost analysis)" if flops else ""),
+             f"{'variant':36s} {'step ms (min-max)':>24s} {'img/s':>9s} {'vs torch':>9s} "
+             f"{'MFU':>6s} {'compile s':>9s}"]
     for r in result["variants"]:
+        if r["error"] or not r["repeats"]:
+            lines.append(f"{r['name']:36s} {r['error'] or 'not run'}")
+            continue
         ratio = f"{r['ratio_to_torch']:.2f}x" if r["ratio_to_torch"] else "-"
-        span = f"{r['step_ms_median']:.1f} ({r['step_ms_min']:.1f}-{r['step_ms_max']:.1f})"
-        lines.append(f"{r['name']:30s} {span:>24s} {r['images_per_s']:9.1f} {ratio:>9s} "
-                     f"{r['compile_s']:9.1f}")
-    lines.append("vs torch: this variant's median step time / PyTorch's (below 1 is faster)")
+        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] else "-"
+        span = f"{r['step_ms_median']:.2f} ({r['step_ms_min']:.2f}-{r['step_ms_max']:.2f})"
+        lines.append(f"{r['name']:36s} {span:>24s} {r['images_per_s']:9.1f} {ratio:>9s} "
+                     f"{mfu:>6s} {r['compile_s']:9.1f}")
+    lines.append("vs torch: median step time / the eager PyTorch step's (below 1 is faster); "
+                 "MFU: model FLOPs per second / the device's peak")
     return "\n".join(lines)
 
 
-def main(cfg: Config, steps: int, repeats: int, variants: tuple[str, ...], as_json: bool) -> None:
-    result = run(cfg, steps, repeats, variants, cfg.devices)
-    print(json.dumps(result, indent=2) if as_json else format_table(result))
+# -- Per-layer timing ---------------------------------------------------------------------------
 
+def conv_layers(cfg: Config) -> list[tuple[str, object, tuple[int, ...]]]:
+    """(name, module, input shape) of every convolution, in the order the networks run them."""
+    from flax import linen as nn
+
+    from jax_dcgan.layers import Conv, ConvTranspose
+    from jax_dcgan.models import Discriminator, Generator
+
+    found: list[tuple[str, object, tuple[int, ...]]] = []
+    net = ""
+
+    def record(call, args, kwargs, context):
+        module = context.module
+        if isinstance(module, (Conv, ConvTranspose)) and context.method_name == "__call__":
+            found.append((f"{net}.{module.name}", module, args[0].shape))
+        return call(*args, **kwargs)
+
+    model, b, key = cfg.model, cfg.batch_size, jax.random.PRNGKey(0)
+    with nn.intercept_methods(record):
+        net = "generator"
+        jax.eval_shape(functools.partial(Generator(model).init, train=False), key,
+                       jnp.zeros((b, model.latent_dim)))
+        net = "discriminator"
+        jax.eval_shape(functools.partial(Discriminator(model).init, train=False), key,
+                       jnp.zeros((b, cfg.image_size, cfg.image_size, cfg.channels)))
+    return found
+
+
+def layer_times(cfg: Config, repeats: int, calls: int = 10) -> list[dict]:
+    """Forward + backward time of each convolution layer in both backends, interleaved."""
+    from jax_dcgan.layers import ConvTranspose, conv2d, conv_transpose2d
+    from jax_dcgan.models import DTYPES
+
+    rng = np.random.default_rng(0)
+    rows, runs = [], []
+    for name, module, x_shape in conv_layers(cfg):
+        transposed = isinstance(module, ConvTranspose)
+        op = conv_transpose2d if transposed else conv2d
+        k, c, o = module.kernel_size, x_shape[-1], module.features
+        x = jnp.asarray(rng.standard_normal(x_shape), DTYPES[cfg.dtype])
+        kernel = jnp.asarray(rng.standard_normal((c, k, k, o) if transposed else (k, k, c, o))
+                             / np.sqrt(k * k * c), DTYPES[cfg.dtype])
+        row = {"layer": name, "input": list(x_shape), "kernel": list(kernel.shape)}
+        for impl in ("matmul", "xla"):
+            loss = functools.partial(_layer_loss, op=op, stride=module.stride,
+                                     padding=module.padding, impl=impl)
+            fwd_bwd = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+            jax.block_until_ready(fwd_bwd(x, kernel))
+            runs.append((row, impl, fwd_bwd, x, kernel))
+            row[f"{impl}_ms"] = []
+        rows.append(row)
+    for _ in range(repeats):
+        for row, impl, fwd_bwd, x, kernel in runs:
+            start = time.perf_counter()
+            for _ in range(calls):
+                out = fwd_bwd(x, kernel)
+            jax.block_until_ready(out)
+            row[f"{impl}_ms"].append(1e3 * (time.perf_counter() - start) / calls)
+    for row in rows:
+        for impl in ("matmul", "xla"):
+            row[f"{impl}_ms"] = statistics.median(row[f"{impl}_ms"])
+        row["xla_over_matmul"] = row["xla_ms"] / row["matmul_ms"]
+    return rows
+
+
+def _layer_loss(x, kernel, *, op, stride, padding, impl):
+    return jnp.sum(jnp.square(op(x, kernel, stride, padding, impl).astype(jnp.float32)))
+
+
+def format_layers(rows: list[dict]) -> str:
+    lines = [f"{'layer (forward + backward)':30s} {'input':>20s} {'matmul ms':>10s} "
+             f"{'xla ms':>10s} {'xla/matmul':>10s}"]
+    for r in rows:
+        lines.append(f"{r['layer']:30s} {'x'.join(map(str, r['input'])):>20s} "
+                     f"{r['matmul_ms']:10.3f} {r['xla_ms']:10.3f} {r['xla_over_matmul']:10.2f}")
+    return "\n".join(lines)
+
+
+def main(cfg: Config, steps: int, repeats: int, variants: tuple[str, ...] | None,
+         as_json: bool, layers: bool = False, hlo_dir: str | None = None,
+         loop_epochs: int = 3) -> None:
+    if layers:
+        rows = layer_times(cfg, repeats)
+        print(json.dumps({"device": describe_device(jax.local_devices()[:1]),
+                          "config": cfg.to_dict(), "layers": rows}, indent=2)
+              if as_json else format_layers(rows))
+        return
+    variants = variants or default_variants(jax.default_backend())
+    result = run(cfg, steps, repeats, variants, cfg.devices, loop_epochs, hlo_dir)
+    print(json.dumps(result, indent=2) if as_json else format_table(result))

@@ -1,4 +1,6 @@
-"""Checkpoints: orbax step directories holding the train state and the config that made it.
+"""Checkpoints: orbax step directories holding the train state, the config that made it,
+and the loop's progress (what the loop knows beyond the state: the best diversity
+seen so far, the steps per dispatch it chose).
 
 `convert` writes the same format as `train`, so `sample`, `eval` and `--resume`
 take either. Orbax writes each step into a temporary directory and renames it
@@ -15,7 +17,7 @@ import orbax.checkpoint as ocp
 import tensorstore as ts
 
 from jax_dcgan.config import Config
-from jax_dcgan.errors import UserError
+from jax_dcgan.errors import UserError, summarize
 from jax_dcgan.step import TrainState, create_train_state
 
 RUN_SUBDIR = "checkpoints"
@@ -30,7 +32,7 @@ class Checkpoints:
                                                read_only=read_only)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
-    def save(self, state: TrainState, cfg: Config) -> None:
+    def save(self, state: TrainState, cfg: Config, progress: dict | None = None) -> None:
         """Save `state` (one device's copy) under its step; returns once it is safe to donate.
 
         The files are written in the background; a failure shows at the next save or
@@ -41,27 +43,36 @@ class Checkpoints:
             return
         with self._reporting(f"step {step}"):
             self._manager.save(step, args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(cfg.to_dict())))
+                state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(cfg.to_dict()),
+                progress=ocp.args.JsonSave(progress or {})))
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
     def restore(self, step: int | None = None, sharding: jax.sharding.Sharding | None = None
-                ) -> tuple[TrainState, Config]:
-        """The state at `step` (default: the latest), on `sharding` (default: the first local
-        device; naming it lets a checkpoint of a multi-process run load in one process)."""
+                ) -> tuple[TrainState, Config, dict]:
+        """(state, config, progress) at `step` (default: the latest), the state on `sharding`
+        (default: the first local device; naming it lets a checkpoint of a multi-process run
+        load in one process)."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise UserError(f"There is no complete checkpoint in {self.directory!r}.")
         path = os.path.join(self.directory, str(step))
         try:
-            cfg = Config.from_dict(self._manager.restore(
-                step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config)
+            items = {"config": ocp.args.JsonRestore()}
+            if os.path.isdir(os.path.join(path, "progress")):
+                items["progress"] = ocp.args.JsonRestore()
+            restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+            cfg = Config.from_dict(restored.config)
+            progress = dict(restored.progress) if "progress" in items else {}
             _check_readable(os.path.join(path, "state"))
         except UserError:
             raise
         except Exception as e:  # orbax and tensorstore raise many types for damaged files
-            raise _unreadable(path, _reason(e)) from None
+            raise _unreadable(path, summarize(e)) from None
         sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
                                 jax.eval_shape(lambda: create_train_state(cfg)))
@@ -70,8 +81,8 @@ class Checkpoints:
                 state=ocp.args.StandardRestore(abstract))).state
         except Exception as e:  # readable but not this configuration's tree
             raise _unreadable(path, _first_mismatch(os.path.join(path, "state"), cfg)
-                              or _reason(e)) from None
-        return state, cfg
+                              or summarize(e)) from None
+        return state, cfg, progress
 
     def wait(self) -> None:
         with self._reporting("the last checkpoint"):
@@ -82,21 +93,18 @@ class Checkpoints:
         try:
             yield
         except Exception as e:  # OSError (disk full, permissions) or orbax's wrappers of it
+            with contextlib.suppress(Exception):  # let earlier saves finish, to list them
+                self._manager.wait_until_finished()
             intact = [s for s in self._manager.all_steps() if os.path.isdir(
                 os.path.join(self.directory, str(s)))]
             kept = f"the checkpoint of step {max(intact)} is intact" if intact else \
                 "no earlier checkpoint exists"
             raise UserError(
-                f"Could not write {what} to {self.directory} ("
-                f"{_reason(e)}); {kept}. Free "
+                f"Could not write {what} to {self.directory} ({summarize(e)}); {kept}. Free "
                 "space or fix the permissions, then continue with --resume.") from None
 
     def close(self) -> None:
         self._manager.close()
-
-
-def _reason(e: Exception) -> str:
-    return f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else 'no details'}"
 
 
 def _unreadable(path: str, reason: str) -> UserError:
@@ -154,4 +162,5 @@ def locate(path: str) -> tuple[str, int | None]:
 def load(path: str) -> tuple[TrainState, Config]:
     """The train state and config stored at `path` (see `locate`)."""
     directory, step = locate(path)
-    return Checkpoints(directory, read_only=True).restore(step)
+    state, cfg, _ = Checkpoints(directory, read_only=True).restore(step)
+    return state, cfg

@@ -1,8 +1,9 @@
 """`jax-dcgan train | sample | convert | eval | bench`.
 
 Every bad input ends as one paragraph on stderr and exit status 2 (a UserError),
-never a traceback. Heavy modules are imported inside the commands, so `--help`
-and argument errors are instant.
+never a traceback; a run that stops early exits with its own status. Heavy
+modules are imported inside the commands, so `--help`, `--version` and argument
+errors are instant.
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ import dataclasses
 import os
 import sys
 
-from jax_dcgan import hostmem
-from jax_dcgan.config import PRESETS, Config, preset
-from jax_dcgan.errors import UserError
+from jax_dcgan import __version__, runtime
+from jax_dcgan.config import PRESETS, Config, flag, preset, read_config_file
+from jax_dcgan.errors import TrainingStopped, UserError
 
 # Defined here rather than in bench.py so that building the parser imports no JAX.
-BENCH_VARIANTS = ("torch", "jax-jit", "jax-pmap", "jax-fused", "jax-train-loop")
+BENCH_VARIANTS = ("torch", "torch-compiled", "jax-jit-matmul", "jax-jit-xla", "jax-pmap",
+                  "jax-fused-matmul", "jax-fused-xla", "jax-train-loop")
+# Subcommands that run XLA at length, for which the process restarts with huge pages.
+HEAVY_COMMANDS = ("train", "bench", "eval", "parity")
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None,
@@ -26,29 +30,42 @@ def _add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | N
     if with_preset:
         parser.add_argument("--preset", choices=sorted(PRESETS),
                             help="start from a named configuration; flags override it")
-    for f in dataclasses.fields(Config):
-        if only is not None and f.name not in only:
-            continue
-        flag = "--" + f.name.replace("_", "-")
+        parser.add_argument("--config", metavar="FILE",
+                            help="a JSON or YAML file of configuration fields (e.g. a run's "
+                                 "config.json), applied over --preset; flags override it")
+    fields = [f for f in dataclasses.fields(Config) if only is None or f.name in only]
+    parser.set_defaults(config_fields=tuple(f.name for f in fields))
+    for f in fields:
         help_text = f"{f.metadata['help']} (default: {f.default}, or the preset's)"
         if f.type in ("bool", bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                                help=help_text)
+            parser.add_argument(f"--{flag(f.name)}", action=argparse.BooleanOptionalAction,
+                                default=None, help=help_text)
         else:
             kind = {"int": int, "float": float, "str": str}[str(f.type)]
-            parser.add_argument(flag, type=kind, default=None, help=help_text,
+            parser.add_argument(f"--{flag(f.name)}", type=kind, default=None, help=help_text,
                                 choices=f.metadata.get("choices"))
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
+    """Preset, then config file, then flags."""
     cfg = preset(args.preset) if getattr(args, "preset", None) else Config()
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
-             if getattr(args, f.name, None) is not None}
+    if getattr(args, "config", None):
+        cfg = cfg.replace(**read_config_file(args.config))
+    given = {name: getattr(args, name) for name in args.config_fields
+             if getattr(args, name) is not None}
     return cfg.replace(**given).validate()
+
+
+def _positive(args: argparse.Namespace, *names: str, minimum: int = 1) -> None:
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < minimum:
+            raise UserError(f"--{flag(name)} must be at least {minimum}, got {value}.")
 
 
 def _load_noise(path: str, latent_dim: int, num: int | None):
     import numpy as np
+
     try:
         noise = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
@@ -70,14 +87,13 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
     from jax_dcgan import checkpoint, sample
 
-    if args.num is not None and args.num <= 0:
-        raise UserError(f"--num must be positive, got {args.num}.")
+    _positive(args, "num")
     state, cfg = checkpoint.load(args.checkpoint)
     if args.noise:
         noise = _load_noise(args.noise, cfg.latent_dim, args.num)
     else:
-        noise = sample.draw_noise(cfg, args.num or 64, args.seed)
-    images = np.asarray(sample.generate(cfg, sample.sampling_generator(state, cfg), noise,
+        noise = sample.draw_noise(cfg.latent_dim, args.num or 64, args.seed)
+    images = np.asarray(sample.generate(cfg.model, sample.sampling_generator(state), noise,
                                         args.bn == "batch"))
     sample.save_png(sample.make_grid(images), args.out)
     if args.save_array:
@@ -101,7 +117,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
         state_dict = convert.load_torch_file(args.from_torch)
         base = preset(args.preset) if args.preset else Config()
         cfg = convert.config_for_state_dict(state_dict, base).validate()
-        variables = convert.from_state_dict(state_dict, cfg)
+        variables = convert.from_state_dict(state_dict, cfg.model)
         variables = jax.tree.map(
             lambda a: a.astype(np.float32) if np.issubdtype(a.dtype, np.floating) else a, variables)
         checkpoints = checkpoint.Checkpoints(args.out)
@@ -111,26 +127,30 @@ def cmd_convert(args: argparse.Namespace) -> None:
               f"(latent {cfg.latent_dim}, widths {cfg.gen_features}/{cfg.dis_features}, "
               f"{cfg.image_size}x{cfg.image_size})")
     else:
-        state, _ = checkpoint.load(args.to_torch)
+        state, cfg = checkpoint.load(args.to_torch)
         convert.save_torch_file(convert.to_state_dict(
-            {"generator": state.generator, "discriminator": state.discriminator}), args.out)
+            {"generator": state.generator, "discriminator": state.discriminator}, cfg.model),
+            args.out)
         print(f"wrote the lecture-format state dict of {args.to_torch} to {args.out}")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
     import json
 
+    import numpy as np
+
     from jax_dcgan import checkpoint, data, metrics, sample
 
-    if args.num <= 1:
-        raise UserError(f"--num must be at least 2, got {args.num}.")
+    _positive(args, "num", minimum=2)
     state, cfg = checkpoint.load(args.checkpoint)
     data_flags = {k: getattr(args, k) for k in ("dataset", "data_dir", "split", "crop_size",
                                                  "num_synthetic", "cache_dir")
                   if getattr(args, k) is not None}
     real = data.load_dataset(cfg.replace(**data_flags).validate())
-    result = metrics.evaluate(cfg, sample.sampling_generator(state, cfg), real, args.num,
-                              args.seed, fid=not args.no_fid, batch_stats=args.bn == "batch")
+    fake = sample.generate_images(cfg.model, sample.sampling_generator(state),
+                                  min(args.num, len(real)), args.seed, cfg.batch_size,
+                                  batch_stats=args.bn == "batch")
+    result = metrics.evaluate(real, np.asarray(fake), args.seed, fid=not args.no_fid)
     result["step"] = int(state.step)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -156,14 +176,19 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     if args.batch_size is None:  # the lecture's 128 where it fits in time, 32 on a CPU
         args.batch_size = 32 if jax.default_backend() == "cpu" else 128
-    if args.steps <= 0 or args.repeats <= 0:
-        raise UserError("--steps and --repeats must be positive.")
-    bench.main(config_from_args(args), args.steps, args.repeats, tuple(args.variants), args.json)
+    _positive(args, "steps", "repeats", "loop_epochs")
+    if args.loop_epochs < 2 and "jax-train-loop" in (args.variants or BENCH_VARIANTS):
+        raise UserError("--loop-epochs must be at least 2: the first epoch (compilation) is "
+                        "not timed.")
+    bench.main(config_from_args(args), args.steps, args.repeats,
+               tuple(args.variants) if args.variants else None, args.json, args.layers,
+               args.hlo_dir, args.loop_epochs)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jax-dcgan", description="The DCGAN of STAT 453 L18.6 in JAX: exact and fast.")
+    parser.add_argument("--version", action="version", version=f"jax-dcgan {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train on synthetic faces, a folder of images or CelebA")
@@ -183,13 +208,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("bench", help="time the training step: PyTorch and JAX side by side")
-    p.add_argument("--steps", type=int, default=10, help="steps per timed block (and fused call)")
+    p.add_argument("--steps", type=int, default=10,
+                   help="steps per timed block, per fused call and per train-loop epoch")
     p.add_argument("--repeats", type=int, default=5, help="timed blocks per variant, interleaved")
-    p.add_argument("--variants", nargs="+", choices=BENCH_VARIANTS, default=list(BENCH_VARIANTS),
-                   metavar="VARIANT", help=f"which to run: {' '.join(BENCH_VARIANTS)}")
+    p.add_argument("--variants", nargs="+", choices=BENCH_VARIANTS, metavar="VARIANT",
+                   help=f"which to run: {' '.join(BENCH_VARIANTS)} (default: all; on a CPU "
+                        "all but jax-fused-xla)")
+    p.add_argument("--loop-epochs", type=int, default=3,
+                   help="epochs of each jax-train-loop run (the first is not timed)")
+    p.add_argument("--layers", action="store_true",
+                   help="time each convolution layer's forward + backward pass, matmul vs xla")
+    p.add_argument("--hlo-dir", metavar="DIR", help="write the jit variants' compiled programs")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_config_flags(p, only=("batch_size", "gen_features", "dis_features", "latent_dim",
-                               "image_size", "dtype", "devices", "seed"), with_preset=False)
+                               "image_size", "dtype", "devices", "seed", "compilation_cache",
+                               "cache_dir"), with_preset=False)
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("eval", help="FID and SWD of a checkpoint's samples against a dataset")
@@ -239,13 +272,13 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv is None:  # a command line, not a call from Python
-        hostmem.reexec_with_huge_pages()
     args = build_parser().parse_args(argv)
+    if argv is None and args.command in HEAVY_COMMANDS:  # a command line, not a call from Python
+        runtime.reexec_with_huge_pages()
     _quiet_libraries()
     try:
         args.func(args)
-    except UserError as e:
+    except (UserError, TrainingStopped) as e:
         print(f"jax-dcgan {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

@@ -1,7 +1,8 @@
 """One typed configuration for model, optimiser, data and loop, plus named presets.
 
-Every field becomes a `jax-dcgan train` flag (see `cli.py`), so the help text
-lives here, next to the default it explains.
+Every field of `Config` becomes a `jax-dcgan train` flag (see `cli.py`), so the help
+text lives here, next to the default it explains. The networks take only a
+`ModelConfig` (`Config.model`): what they compute, nothing about data or the loop.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from typing import Any
 
 from jax_dcgan.errors import UserError
@@ -16,6 +18,31 @@ from jax_dcgan.errors import UserError
 
 def _field(default: Any, help: str, **choices: Any) -> Any:
     return dataclasses.field(default=default, metadata={"help": help, **choices})
+
+
+CONV_IMPLS = ("auto", "matmul", "xla")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """What the generator and discriminator compute; hashable, so a jitted function can be
+    specialised on it without recompiling when unrelated run settings change."""
+    latent_dim: int = 100
+    gen_features: int = 64
+    dis_features: int = 64
+    channels: int = 3
+    image_size: int = 64
+    gen_activation: str = "leaky_relu"
+    gen_slope: float = 0.01
+    dis_slope: float = 0.01
+    weight_init: str = "torch"
+    dtype: str = "float32"
+    conv_impl: str = "auto"
+
+    @property
+    def num_upsamplings(self) -> int:
+        """Stride-2 layers between 4x4 and the image size (4 for 64x64, as in the lecture)."""
+        return int(math.log2(self.image_size)) - 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +56,8 @@ class Config:
     num_synthetic: int = _field(20000, "number of built-in synthetic faces")
     data_seed: int = _field(42, "seed of the synthetic faces (apart from --seed, so that "
                                 "runs with other seeds learn from the same faces)")
-    cache_dir: str = _field("", "where decoded datasets are cached (default ~/.cache/jax_dcgan)")
+    cache_dir: str = _field("", "where decoded datasets and compiled programs are cached "
+                                "(default ~/.cache/jax_dcgan)")
     data_on_device: str = _field(
         "auto", "keep the whole dataset on the accelerator", choices=("auto", "yes", "no"))
 
@@ -48,6 +76,10 @@ class Config:
     dtype: str = _field(
         "float32", "compute dtype (parameters, optimiser state and BatchNorm stay float32)",
         choices=("float32", "bfloat16", "float64"))
+    conv_impl: str = _field(
+        "auto", "convolutions: matmul (im2col + matrix products, fastest on CPUs), xla (XLA's "
+        "native convolutions: cuDNN on GPUs, the MXU on TPUs), or auto (matmul on CPUs, xla "
+        "elsewhere); the maths is the same", choices=CONV_IMPLS)
 
     # Optimiser (Adam for both networks).
     lr_g: float = _field(2e-4, "generator learning rate")
@@ -68,12 +100,22 @@ class Config:
     steps: int = _field(0, "total training steps (0: use --epochs)")
     seed: int = _field(42, "seed for initialisation, noise and data order")
     log_every: int = _field(100, "steps between console lines and metric flushes")
-    checkpoint_every: int = _field(1000, "steps between checkpoints (also saved at the end)")
+    checkpoint_every: int = _field(1000, "steps between checkpoints (0: off; one is always "
+                                         "saved at the end)")
+    checkpoint_minutes: float = _field(
+        10.0, "also checkpoint when this many minutes have passed since the last one (0: off)")
     keep_checkpoints: int = _field(3, "how many recent checkpoints to keep")
     eval_every: int = _field(0, "epochs between SWD/FID evaluations (0: off)")
     eval_samples: int = _field(2048, "images generated for each evaluation")
     devices: int = _field(0, "local devices to use (0: all)")
-    steps_per_dispatch: int = _field(1, "training steps fused into one device call")
+    steps_per_dispatch: int = _field(
+        0, "training steps fused into one device call, at most the steps between epoch ends "
+           "and checkpoints (0: chosen from the measured step time so that a call lasts about "
+           "50 ms, and kept for the run)")
+    compilation_cache: bool = _field(
+        True, "keep compiled programs in the cache dir, so that a resume or a second run "
+              "does not compile again")
+    tensorboard: bool = _field(True, "write TensorBoard event files to <out>/tensorboard")
     on_nonfinite: str = _field(
         "stop", "when losses turn NaN/inf: stop, or roll back to the last checkpoint and go on "
         "with a new noise stream", choices=("stop", "rollback"))
@@ -85,22 +127,21 @@ class Config:
             choices = f.metadata.get("choices")
             if choices and value not in choices:
                 raise UserError(
-                    f"--{_flag(f.name)} is {value!r}, which is not one of {', '.join(choices)}.")
-        positive = ("crop_size", "image_size", "num_synthetic", "latent_dim", "gen_features",
+                    f"--{flag(f.name)} is {value!r}, which is not one of {', '.join(choices)}.")
+        positive = ("image_size", "num_synthetic", "latent_dim", "gen_features",
                     "dis_features", "channels", "lr_g", "lr_d", "eps", "batch_size", "epochs",
-                    "log_every", "checkpoint_every", "keep_checkpoints", "eval_samples",
-                    "steps_per_dispatch")
+                    "log_every", "keep_checkpoints", "eval_samples")
         for name in positive:
-            value = getattr(self, name)
-            if value <= 0 and not (name == "crop_size" and value == 0):
-                raise UserError(f"--{_flag(name)} must be positive, got {value}.")
-        for name in ("steps", "devices", "eval_every", "gen_slope", "dis_slope", "ema_decay",
-                     "label_flip", "label_smoothing"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"--{flag(name)} must be positive, got {getattr(self, name)}.")
+        for name in ("crop_size", "steps", "devices", "eval_every", "gen_slope", "dis_slope",
+                     "ema_decay", "label_flip", "label_smoothing", "checkpoint_every",
+                     "checkpoint_minutes", "steps_per_dispatch"):
             if getattr(self, name) < 0:
-                raise UserError(f"--{_flag(name)} must not be negative, got {getattr(self, name)}.")
+                raise UserError(f"--{flag(name)} must not be negative, got {getattr(self, name)}.")
         for name in ("beta1", "beta2", "ema_decay", "label_flip", "label_smoothing"):
             if not 0 <= getattr(self, name) < 1:
-                raise UserError(f"--{_flag(name)} must lie in [0, 1), got {getattr(self, name)}.")
+                raise UserError(f"--{flag(name)} must lie in [0, 1), got {getattr(self, name)}.")
         if self.image_size < 16 or self.image_size & (self.image_size - 1):
             raise UserError(
                 f"--image-size must be a power of two of at least 16, got {self.image_size}: "
@@ -110,9 +151,9 @@ class Config:
         return self
 
     @property
-    def num_upsamplings(self) -> int:
-        """Stride-2 layers between 4x4 and the image size (4 for 64x64, as in the lecture)."""
-        return int(math.log2(self.image_size)) - 2
+    def model(self) -> ModelConfig:
+        return ModelConfig(**{f.name: getattr(self, f.name)
+                              for f in dataclasses.fields(ModelConfig)})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -122,6 +163,7 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Config":
+        """The fields `d` names (others, e.g. of another version, are ignored)."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -129,7 +171,8 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
-def _flag(name: str) -> str:
+def flag(name: str) -> str:
+    """The command-line flag of a field, without its dashes: `batch_size` -> `batch-size`."""
     return name.replace("_", "-")
 
 
@@ -152,3 +195,45 @@ def preset(name: str) -> Config:
     if name not in PRESETS:
         raise UserError(f"Unknown preset {name!r}. Known presets: {', '.join(PRESETS)}.")
     return Config(**PRESETS[name])
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """The Config fields in a JSON or YAML file (e.g. a run's config.json), checked by name
+    and type; the caller applies them over a preset and under the flags."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as e:
+        raise UserError(f"Could not read the config file {path!r} ({e.strerror}).") from None
+    if os.path.splitext(path)[1].lower() in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            values = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise UserError(f"{path!r} is not valid YAML ({str(e).splitlines()[0]}).") from None
+    else:
+        try:
+            values = json.loads(text)
+        except ValueError as e:
+            raise UserError(f"{path!r} is not valid JSON ({e}).") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{path!r} must hold a mapping of Config fields to values, "
+                        f"not {type(values).__name__}.")
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise UserError(f"{path!r} sets {', '.join(map(repr, unknown))}, which "
+                        f"{'is not a field' if len(unknown) == 1 else 'are not fields'} of the "
+                        "configuration; the fields are the train flags (jax-dcgan train --help).")
+    for name, value in values.items():
+        kind = type(fields[name].default)
+        ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            values[name], ok = float(value), True
+        if not ok:
+            expected = {int: "an integer", float: "a number", str: "a string",
+                        bool: "true or false"}[kind]
+            raise UserError(f"{path!r}: {name} is {value!r}, but --{flag(name)} takes "
+                            f"{expected}.")
+    return values

@@ -1,8 +1,9 @@
 """Lossless conversion between the lecture's PyTorch state dict and Flax variables.
 
-The mapping is by name: Flax module `conv_3` in `generator` is PyTorch's
-`generator.3`. Only the two file helpers import torch, lazily; everything else
-works on numpy arrays, so conversion logic needs no torch install.
+The mapping is by name: Flax module `deconv_8x8` in `generator` is PyTorch's
+`generator.3` (`models.torch_layer_indices`). Only the two file helpers import
+torch, lazily; everything else works on numpy arrays, so conversion logic needs
+no torch install.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from typing import Iterator, Mapping
 import jax
 import numpy as np
 
-from jax_dcgan.config import Config
-from jax_dcgan.errors import UserError
-from jax_dcgan.models import init_variables
+from jax_dcgan.config import Config, ModelConfig
+from jax_dcgan.errors import UserError, summarize
+from jax_dcgan.files import atomic_write
+from jax_dcgan.models import init_variables, torch_layer_indices
+from jax_dcgan.optional import import_torch
 
 # Flax leaf -> (PyTorch suffix, axis permutation from PyTorch to Flax or None).
 _PARAMS = {
@@ -27,12 +30,14 @@ _PARAMS = {
 _STATS = {"mean": "running_mean", "var": "running_var", "count": "num_batches_tracked"}
 
 
-def _leaves(variables: Mapping) -> Iterator[tuple[str, tuple, np.ndarray | jax.ShapeDtypeStruct, tuple | None]]:
+def _leaves(variables: Mapping, cfg: ModelConfig
+            ) -> Iterator[tuple[str, tuple, np.ndarray | jax.ShapeDtypeStruct, tuple | None]]:
     """(torch key, flax path, leaf, permutation) for every tensor of the model."""
+    indices = torch_layer_indices(cfg)
     for net in ("generator", "discriminator"):
         for collection in ("params", "batch_stats"):
             for module, leaves in variables[net].get(collection, {}).items():
-                index = module.rsplit("_", 1)[1]
+                index = indices[net][module]
                 for name, leaf in leaves.items():
                     if collection == "batch_stats":
                         suffix, perm = _STATS[name], None
@@ -41,10 +46,10 @@ def _leaves(variables: Mapping) -> Iterator[tuple[str, tuple, np.ndarray | jax.S
                     yield f"{net}.{index}.{suffix}", (net, collection, module, name), leaf, perm
 
 
-def to_state_dict(variables: Mapping) -> dict[str, np.ndarray]:
-    """Flax variables -> lecture-format state dict of numpy arrays."""
+def to_state_dict(variables: Mapping, cfg: ModelConfig) -> dict[str, np.ndarray]:
+    """Flax variables of a model of `cfg` -> lecture-format state dict of numpy arrays."""
     out = {}
-    for key, _, leaf, perm in _leaves(variables):
+    for key, _, leaf, perm in _leaves(variables, cfg):
         array = np.asarray(leaf)
         if perm is not None:
             array = array.transpose(np.argsort(perm))
@@ -73,10 +78,10 @@ def config_for_state_dict(state_dict: Mapping[str, np.ndarray], base: Config) ->
         image_size=4 * 2 ** ups)
 
 
-def from_state_dict(state_dict: Mapping[str, np.ndarray], cfg: Config) -> dict:
+def from_state_dict(state_dict: Mapping[str, np.ndarray], cfg: ModelConfig) -> dict:
     """Lecture-format state dict -> Flax variables for `cfg`, checking every key and shape."""
     template = jax.eval_shape(lambda: init_variables(cfg, jax.random.PRNGKey(0)))
-    expected = {key: (path, leaf, perm) for key, path, leaf, perm in _leaves(template)}
+    expected = {key: (path, leaf, perm) for key, path, leaf, perm in _leaves(template, cfg)}
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     if missing or unexpected:
@@ -110,16 +115,15 @@ def from_state_dict(state_dict: Mapping[str, np.ndarray], cfg: Config) -> dict:
 
 def load_torch_file(path: str) -> dict[str, np.ndarray]:
     """A `torch.save`d state dict as numpy arrays (float tensors keep their dtype)."""
-    torch = _import_torch()
+    torch = import_torch()
     if not os.path.isfile(path):
         raise UserError(f"No PyTorch file at {path!r}.")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a bad file
         raise UserError(
-            f"Could not read {path!r} as a PyTorch state dict ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:200]}). Save the model with "
-            "torch.save(model.state_dict(), path), not the whole module.") from None
+            f"Could not read {path!r} as a PyTorch state dict ({summarize(e, 200)}). Save the "
+            "model with torch.save(model.state_dict(), path), not the whole module.") from None
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(hasattr(v, "numpy") for v in obj.values()):
@@ -128,19 +132,8 @@ def load_torch_file(path: str) -> dict[str, np.ndarray]:
 
 
 def save_torch_file(state_dict: Mapping[str, np.ndarray], path: str) -> None:
-    """Write `state_dict` as PyTorch tensors, atomically (temp file, then rename)."""
-    torch = _import_torch()
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save({k: torch.from_numpy(np.array(v, order="C")) for k, v in state_dict.items()}, tmp)
-    os.replace(tmp, path)
-
-
-def _import_torch():
-    try:
-        import torch
-    except ImportError:
-        raise UserError(
-            "Reading and writing PyTorch files needs torch, which is not installed. "
-            "Install the extra: pip install 'jax-dcgan[torch]' (on a CPU-only machine first "
-            "pip install torch --index-url https://download.pytorch.org/whl/cpu).") from None
-    return torch
+    """Write `state_dict` as PyTorch tensors, atomically."""
+    torch = import_torch()
+    with atomic_write(path) as tmp:
+        torch.save({k: torch.from_numpy(np.array(v, order="C")) for k, v in state_dict.items()},
+                   tmp)

@@ -27,7 +27,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from jax_dcgan.config import Config
-from jax_dcgan.errors import UserError
+from jax_dcgan.errors import UserError, summarize
 from jax_dcgan.synthetic import draw_face
 
 CACHE_VERSION = 1
@@ -160,8 +160,8 @@ def celeb_a_source(cfg: Config) -> Source:
     except Exception as e:  # not prepared, no network, Google Drive quota, checksum...
         manual = os.path.join(data_dir or "~/tensorflow_datasets", "downloads", "manual")
         raise UserError(
-            f"CelebA is not available through tensorflow-datasets ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:200] if str(e) else 'no details'}). Three ways in: "
+            f"CelebA is not available through tensorflow-datasets ({summarize(e, 200)}). "
+            "Three ways in: "
             "(1) let tfds download it (needs network; Google Drive often refuses with a quota or "
             "checksum error, then retry later); (2) put the original CelebA files "
             "(img_align_celeba.zip, list_eval_partition.txt, list_attr_celeba.txt, "

@@ -2,7 +2,9 @@
 
 With `initialize` called first, `jax.pmap` spans every device of every process;
 each process feeds its own devices. Process 0 writes the run's files; every
-process takes part in checkpoints (orbax coordinates them).
+process takes part in checkpoints (orbax coordinates them). Decisions that must
+be the same everywhere (stop, checkpoint now, steps per dispatch) go through
+`any_process` and `agree`.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ import os
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from jax_dcgan.errors import UserError
+from jax_dcgan.errors import UserError, summarize
 
 
 def initialize(coordinator_address: str | None, num_processes: int | None,
@@ -37,40 +40,41 @@ def initialize(coordinator_address: str | None, num_processes: int | None,
     try:
         jax.distributed.initialize(coordinator_address, num_processes, process_id)
     except Exception as e:  # timeouts, unreachable coordinator, undetectable cluster
-        raise UserError(f"jax.distributed could not start ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:300]}). Check that every process got the "
-                        "same coordinator address and process count, a distinct process id, "
-                        "and that the coordinator's port is reachable.") from None
+        raise UserError(f"jax.distributed could not start ({summarize(e)}). Check that every "
+                        "process got the same coordinator address and process count, a "
+                        "distinct process id, and that the coordinator's port is reachable."
+                        ) from None
 
 
 def is_primary() -> bool:
     return jax.process_index() == 0
 
 
-def barrier(name: str) -> None:
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(name)
+def barrier(name: str, timeout_s: int = 1800) -> None:
+    """Wait until every process gets here (however long the first one takes to build the
+    dataset cache), then run one collective over all devices together.
 
-
-def any_process(flag: bool) -> bool:
-    """Whether `flag` is set on any process (every process gets the same answer)."""
+    The wait is the coordination service's, not a device collective: a CPU run's gloo
+    collectives give up after 30 s when their first use on a set of devices is that far
+    apart across processes; the collective afterwards makes that first use here, at once.
+    """
     if jax.process_count() == 1:
-        return flag
-    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+        return
+    ocp.multihost.get_barrier_sync_fn()(key=f"jax-dcgan: {name}", timeout_ms=1000 * timeout_s)
+    jax.block_until_ready(jax.pmap(lambda x: jax.lax.psum(x, "all"), "all")(
+        np.zeros(jax.local_device_count(), np.int32)))
 
 
-def replicated_sharding() -> jax.sharding.NamedSharding:
-    """Every device of every process holds the whole array."""
-    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("all",))
-    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+def any_process(*flags: bool) -> tuple[bool, ...]:
+    """Whether each flag is set on any process; every process gets the same answer."""
+    if jax.process_count() == 1:
+        return flags
+    gathered = multihost_utils.process_allgather(np.asarray(flags, np.bool_))
+    return tuple(bool(v) for v in np.any(np.asarray(gathered).reshape(-1, len(flags)), axis=0))
 
 
-def to_replicated(tree):
-    """A pmap state (one copy per local device, on a leading axis) -> per leaf one global
-    array replicated over every process's devices: what orbax saves once for all."""
-    sharding = replicated_sharding()
-
-    def leaf(x):
-        copies = [shard.data.reshape(x.shape[1:]) for shard in x.addressable_shards]
-        return jax.make_array_from_single_device_arrays(x.shape[1:], sharding, copies)
-    return jax.tree.map(leaf, tree)
+def agree(value: int) -> int:
+    """Process 0's value, on every process."""
+    if jax.process_count() == 1:
+        return value
+    return int(multihost_utils.broadcast_one_to_all(np.asarray(value, np.int64)))

@@ -1,20 +1,29 @@
-"""Building blocks with PyTorch's exact semantics, in NHWC.
+"""Building blocks with PyTorch's exact semantics, in NHWC, with two convolution backends.
 
-A convolution and a transposed convolution are each other's adjoint, and each is
-written as a matrix product plus one data rearrangement: im2col (gathering each
-output's input window into a row) for the convolution, col2im (summing each
-input's products into the outputs they touch) for the transposed one. Both view
-the image as blocks of stride x stride pixels, so that they are unstrided slices
-and one transpose rather than a gather and interior-padded pads. Custom VJPs
-pair the two so that every pass, forward and backward, is a matmul plus one
-rearrangement.
-XLA's own CPU kernels for strided and input-dilated convolutions, and the
-layouts it picks for their gradients inside `scan`, were measured 1.5-20x
-slower; see docs/BENCHMARKS.md. The results are the same to float64 rounding
-(parity_tests/test_layers.py).
+`matmul`: each convolution is a matrix product plus one data rearrangement: im2col
+(gathering each output's input window into a row) for the convolution, col2im
+(summing each input's products into the outputs they touch) for the transposed
+one. Both view the image as blocks of stride x stride pixels, so that they are
+unstrided slices and one transpose. XLA's CPU convolutions are slow for strided
+and input-dilated forms; this is the fast path on CPUs (docs/BENCHMARKS.md).
 
-Kernels are stored in the layout their matrix product reads, so converting
-from PyTorch is a single permutation:
+`xla`: XLA's native convolutions, which GPUs run as cuDNN kernels and TPUs on
+their matrix units. XLA's GPU compiler maps a convolution to cuDNN's
+backward-data kernel only when its kernel is reversed, and never maps an
+input-dilated one to backward-filter; any other form runs as a forward
+convolution over a zero-stuffed input, many times slower (jax-ml/jax#31662,
+openxla/xla#34273). Autodiff of a transposed convolution produces exactly such a
+kernel gradient, so here each pass is written in one of the three forms:
+forward, backward-data (kernel reversed, input dilated) and backward-filter
+(window dilated).
+
+In both backends custom VJPs pair the convolution with its transpose, so every
+forward and backward pass is one of those forms. Layers whose window is the whole
+input (the generator's first, the discriminator's last) are plain matrix products
+in both. The two backends agree to float64 rounding (parity_tests/test_layers.py).
+
+Kernels are stored in one layout for both backends, so converting from PyTorch is
+a single permutation:
   Conv          (kh, kw, in, out) = Conv2d.weight.permute(2, 3, 1, 0)
   ConvTranspose (in, kh, kw, out) = ConvTranspose2d.weight.permute(0, 2, 3, 1)
 """
@@ -107,19 +116,25 @@ def _matmul(a: jax.Array, b: jax.Array) -> jax.Array:
     return (a.reshape(-1, a.shape[-1]) @ b).reshape(*a.shape[:-1], b.shape[-1])
 
 
+def _transposed_size(size: int, k: int, stride: int, padding: int) -> int:
+    return (size - 1) * stride - 2 * padding + k
+
+
+# -- The matmul backend ----------------------------------------------------------------------
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+def conv2d_matmul(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
     """torch.nn.functional.conv2d (NHWC, kernel (k, k, in, out)): im2col, then a matmul."""
-    return _conv2d_fwd(x, kernel, stride, padding)[0]
+    return _conv2d_matmul_fwd(x, kernel, stride, padding)[0]
 
 
-def _conv2d_fwd(x, kernel, stride, padding):
+def _conv2d_matmul_fwd(x, kernel, stride, padding):
     k, _, c, o = kernel.shape
     patches = im2col(x, k, stride, padding)
     return _matmul(patches, kernel.reshape(k * k * c, o)), (patches, kernel, x.shape[1:3])
 
 
-def _conv2d_bwd(stride, padding, residuals, dy):
+def _conv2d_matmul_bwd(stride, padding, residuals, dy):
     patches, kernel, (h, w) = residuals
     k, _, c, o = kernel.shape
     d_kernel = (patches.reshape(-1, k * k * c).T @ dy.reshape(-1, o)).reshape(kernel.shape)
@@ -127,20 +142,21 @@ def _conv2d_bwd(stride, padding, residuals, dy):
     return col2im(windows, stride, padding, h, w), d_kernel
 
 
-conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+conv2d_matmul.defvjp(_conv2d_matmul_fwd, _conv2d_matmul_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv_transpose2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+def conv_transpose2d_matmul(x: jax.Array, kernel: jax.Array, stride: int, padding: int
+                            ) -> jax.Array:
     """torch.nn.functional.conv_transpose2d (NHWC, kernel (in, k, k, out)): a matmul, then col2im."""
     c, k, _, o = kernel.shape
     n, h, w, _ = x.shape
     y = _matmul(x, kernel.reshape(c, k * k * o)).reshape(n, h, w, k, k, o)
-    return col2im(y, stride, padding, (h - 1) * stride - 2 * padding + k,
-                  (w - 1) * stride - 2 * padding + k)
+    return col2im(y, stride, padding, _transposed_size(h, k, stride, padding),
+                  _transposed_size(w, k, stride, padding))
 
 
-def _conv_transpose2d_bwd(stride, padding, residuals, dy):
+def _conv_transpose2d_matmul_bwd(stride, padding, residuals, dy):
     x, kernel = residuals
     c, k, _, o = kernel.shape
     windows = im2col(dy, k, stride, padding)  # one row per input pixel
@@ -148,8 +164,99 @@ def _conv_transpose2d_bwd(stride, padding, residuals, dy):
     return _matmul(windows, kernel.reshape(c, k * k * o).T), d_kernel
 
 
-conv_transpose2d.defvjp(lambda x, kernel, stride, padding: (
-    conv_transpose2d(x, kernel, stride, padding), (x, kernel)), _conv_transpose2d_bwd)
+conv_transpose2d_matmul.defvjp(lambda x, kernel, stride, padding: (
+    conv_transpose2d_matmul(x, kernel, stride, padding), (x, kernel)),
+    _conv_transpose2d_matmul_bwd)
+
+
+# -- The xla backend: forward, backward-data and backward-filter convolutions ---------------
+
+def _forward(x: jax.Array, kernel: jax.Array, stride: int, padding: int, spec: str) -> jax.Array:
+    """The strided convolution `x` -> `y`, kernel dimensions named by `spec` (e.g. HWIO)."""
+    return lax.conv_general_dilated(x, kernel, (stride, stride), [(padding, padding)] * 2,
+                                    dimension_numbers=("NHWC", spec, "NHWC"))
+
+
+def _backward_data(dy: jax.Array, kernel: jax.Array, stride: int, padding: int, spec: str,
+                   x_shape: tuple[int, ...]) -> jax.Array:
+    """The transpose of `_forward` in its input: JAX's rule writes it with the kernel reversed
+    and the input dilated by the stride, the form cuDNN's backward-data kernel takes."""
+    forward = functools.partial(_forward, kernel=kernel, stride=stride, padding=padding,
+                                spec=spec)
+    return jax.linear_transpose(forward, jax.ShapeDtypeStruct(x_shape, dy.dtype))(dy)[0]
+
+
+def _backward_filter(dy: jax.Array, x: jax.Array, stride: int, padding: int, spec: str,
+                     kernel_shape: tuple[int, ...]) -> jax.Array:
+    """The transpose of `_forward` in its kernel: a convolution of `x` with `dy` dilated by
+    the stride, the form cuDNN's backward-filter kernel takes."""
+    forward = functools.partial(_forward, x, stride=stride, padding=padding, spec=spec)
+    return jax.linear_transpose(forward, jax.ShapeDtypeStruct(kernel_shape, dy.dtype))(dy)[0]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv2d_xla(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """torch.nn.functional.conv2d (NHWC, kernel (k, k, in, out)) as an XLA convolution."""
+    return _forward(x, kernel, stride, padding, "HWIO")
+
+
+def _conv2d_xla_bwd(stride, padding, residuals, dy):
+    x, kernel = residuals
+    return (_backward_data(dy, kernel, stride, padding, "HWIO", x.shape),
+            _backward_filter(dy, x, stride, padding, "HWIO", kernel.shape))
+
+
+conv2d_xla.defvjp(lambda x, kernel, stride, padding: (
+    conv2d_xla(x, kernel, stride, padding), (x, kernel)), _conv2d_xla_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_transpose2d_xla(x: jax.Array, kernel: jax.Array, stride: int, padding: int
+                         ) -> jax.Array:
+    """torch.nn.functional.conv_transpose2d (NHWC, kernel (in, k, k, out)): the backward-data
+    pass of the convolution that maps `out` channels to `in` with this kernel (OHWI)."""
+    c, k, _, o = kernel.shape
+    n, h, w, _ = x.shape
+    shape = (n, _transposed_size(h, k, stride, padding), _transposed_size(w, k, stride, padding), o)
+    return _backward_data(x, kernel, stride, padding, "OHWI", shape)
+
+
+def _conv_transpose2d_xla_bwd(stride, padding, residuals, dy):
+    x, kernel = residuals
+    return (_forward(dy, kernel, stride, padding, "OHWI"),
+            _backward_filter(x, dy, stride, padding, "OHWI", kernel.shape))
+
+
+conv_transpose2d_xla.defvjp(lambda x, kernel, stride, padding: (
+    conv_transpose2d_xla(x, kernel, stride, padding), (x, kernel)), _conv_transpose2d_xla_bwd)
+
+
+# -- Choosing a backend ----------------------------------------------------------------------
+
+def resolve_conv_impl(impl: str, platform: str | None = None) -> str:
+    """`auto` -> `matmul` on CPUs, `xla` on GPUs and TPUs (default: JAX's default backend)."""
+    if impl != "auto":
+        return impl
+    return "matmul" if (platform or jax.default_backend()) == "cpu" else "xla"
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int, impl: str = "auto"
+           ) -> jax.Array:
+    """torch.nn.functional.conv2d in NHWC with the given backend."""
+    k = kernel.shape[0]
+    whole_window = x.shape[1:3] == (k, k) and padding == 0
+    if whole_window or resolve_conv_impl(impl) == "matmul":
+        return conv2d_matmul(x, kernel, stride, padding)
+    return conv2d_xla(x, kernel, stride, padding)
+
+
+def conv_transpose2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int,
+                     impl: str = "auto") -> jax.Array:
+    """torch.nn.functional.conv_transpose2d in NHWC with the given backend."""
+    whole_window = x.shape[1:3] == (1, 1) and padding == 0
+    if whole_window or resolve_conv_impl(impl) == "matmul":
+        return conv_transpose2d_matmul(x, kernel, stride, padding)
+    return conv_transpose2d_xla(x, kernel, stride, padding)
 
 
 class Conv(nn.Module):
@@ -161,13 +268,15 @@ class Conv(nn.Module):
     use_bias: bool
     kernel_init: Initializer | None = None
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         k, c = self.kernel_size, x.shape[-1]
         default = torch_uniform(k * k * c)
         kernel = self.param("kernel", self.kernel_init or default, (k, k, c, self.features))
-        y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.padding)
+        y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.padding,
+                   self.conv_impl)
         if self.use_bias:
             init = nn.initializers.zeros if self.kernel_init else default
             y = y + self.param("bias", init, (self.features,)).astype(self.dtype)
@@ -182,6 +291,7 @@ class ConvTranspose(nn.Module):
     padding: int
     kernel_init: Initializer | None = None
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -191,7 +301,7 @@ class ConvTranspose(nn.Module):
         kernel = self.param("kernel", self.kernel_init or default,
                             (x.shape[-1], k, k, self.features))
         return conv_transpose2d(x.astype(self.dtype), kernel.astype(self.dtype), self.stride,
-                                self.padding)
+                                self.padding, self.conv_impl)
 
 
 class BatchNorm(nn.Module):

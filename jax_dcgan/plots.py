@@ -1,24 +1,38 @@
-"""The lecture's loss plot, read back from metrics.jsonl."""
+"""The lecture's loss plot and the quality curves, drawn from values held in memory.
+
+Figures are made with matplotlib's object API (no pyplot state), so they can be
+drawn in the training loop's background thread.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 
-import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from jax_dcgan.files import atomic_write
 
 
 def read_metrics(path: str) -> list[dict]:
-    """The step records of a run (other records, e.g. evaluations, are skipped)."""
+    """The per-step records of a run's metrics.jsonl (not the per-epoch ones)."""
+    return [r for r in read_records(path) if "g_loss" in r]
+
+
+def read_records(path: str) -> list[dict]:
+    """Every record of a metrics.jsonl; a line cut short by a kill is skipped."""
     if not os.path.exists(path):
         return []
+    records = []
     with open(path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    return [r for r in records if "g_loss" in r]
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+    return records
 
 
 def running_average(values: np.ndarray, window: int) -> np.ndarray:
@@ -29,25 +43,25 @@ def running_average(values: np.ndarray, window: int) -> np.ndarray:
     return (sums[idx] - sums[lo]) / (idx - lo)
 
 
-def plot_losses(metrics_path: str, out_path: str, steps_per_epoch: int, window: int = 100) -> None:
+def plot_losses(steps: np.ndarray, d_loss: np.ndarray, g_loss: np.ndarray, out_path: str,
+                steps_per_epoch: int, window: int = 100) -> None:
     """Per-batch D and G losses with a running average, and a second x-axis in epochs."""
-    records = read_metrics(metrics_path)
-    if not records:
+    if not len(steps):
         return
-    steps = np.array([r["step"] for r in records])
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
-    for key, label, color in (("d_loss", "Discriminator loss", "tab:blue"),
-                              ("g_loss", "Generator loss", "tab:orange")):
-        values = np.array([r[key] for r in records], np.float64)
+    fig = Figure(figsize=(8, 4.5), dpi=110)
+    ax = fig.subplots()
+    for values, label, color in ((d_loss, "Discriminator loss", "tab:blue"),
+                                 (g_loss, "Generator loss", "tab:orange")):
+        values = np.asarray(values, np.float64)
         ax.plot(steps, values, color=color, alpha=0.35, lw=0.8, label=label)
         ax.plot(steps, running_average(values, window), color=color, lw=1.8,
                 label=f"{label} (running average, {window} batches)")
     ax.set_xlabel("Iterations")
     ax.set_ylabel("Loss")
     ax.legend(loc="upper right", fontsize=8)
-    top = ax.secondary_xaxis(-0.2, functions=(lambda s: s / steps_per_epoch,
-                                              lambda e: e * steps_per_epoch))
-    top.set_xlabel("Epochs")
+    epochs = ax.secondary_xaxis(-0.2, functions=(lambda s: s / steps_per_epoch,
+                                                 lambda e: e * steps_per_epoch))
+    epochs.set_xlabel("Epochs")
     fig.tight_layout()
     _save(fig, out_path)
 
@@ -55,7 +69,8 @@ def plot_losses(metrics_path: str, out_path: str, steps_per_epoch: int, window: 
 def plot_curves(series: dict[str, tuple[list, list]], out_path: str, xlabel: str,
                 ylabel: str, markers: bool = True) -> None:
     """A few named (x, y) curves on one axis."""
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    fig = Figure(figsize=(7, 4.5), dpi=110)
+    ax = fig.subplots()
     for name, (x, y) in series.items():
         ax.plot(x, y, marker="o" if markers else None, lw=1.5, label=name)
     ax.set_xlabel(xlabel)
@@ -65,8 +80,7 @@ def plot_curves(series: dict[str, tuple[list, list]], out_path: str, xlabel: str
     _save(fig, out_path)
 
 
-def _save(fig, out_path: str) -> None:
-    tmp = f"{out_path}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, out_path)
+def _save(fig: Figure, out_path: str) -> None:
+    FigureCanvasAgg(fig)
+    with atomic_write(out_path, ".png") as tmp:
+        fig.savefig(tmp)

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from jax_dcgan.config import Config
+from jax_dcgan.config import ModelConfig
+from jax_dcgan.files import atomic_write
 from jax_dcgan.models import Generator
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "batch_stats_mode"))
-def generate(cfg: Config, generator: dict, noise: jax.Array, batch_stats_mode: bool) -> jax.Array:
+def generate(cfg: ModelConfig, generator: dict, noise: jax.Array, batch_stats_mode: bool
+             ) -> jax.Array:
     """Images in [-1, 1] for `noise` (N, latent).
 
     `batch_stats_mode` normalises with the batch's own statistics, as the lecture's
@@ -30,14 +31,25 @@ def generate(cfg: Config, generator: dict, noise: jax.Array, batch_stats_mode: b
     return Generator(cfg).apply(variables, noise, train=False)
 
 
-def sampling_generator(state, cfg: Config) -> dict:
+def sampling_generator(state) -> dict:
     """The generator to sample from: the EMA of its weights when the run keeps one."""
-    params = state.g_ema if cfg.ema_decay else state.generator["params"]
+    params = state.g_ema or state.generator["params"]
     return {"params": params, "batch_stats": state.generator["batch_stats"]}
 
 
-def draw_noise(cfg: Config, num: int, seed: int) -> jax.Array:
-    return jax.random.normal(jax.random.PRNGKey(seed), (num, cfg.latent_dim), jnp.float32)
+def draw_noise(latent_dim: int, num: int, seed: int) -> jax.Array:
+    return jax.random.normal(jax.random.PRNGKey(seed), (num, latent_dim), jnp.float32)
+
+
+def generate_images(cfg: ModelConfig, generator: dict, num: int, seed: int = 0,
+                    chunk: int = 128, batch_stats: bool = True) -> jax.Array:
+    """`num` images in [-1, 1] from noise drawn with `seed`, generated `chunk` at a time (each
+    normalised by its own statistics with `batch_stats`, as in training); returned without
+    waiting for the device."""
+    noise = draw_noise(cfg.latent_dim, num, seed)
+    chunk = min(chunk, num)
+    return jnp.concatenate([generate(cfg, generator, noise[i:i + chunk], batch_stats)
+                            for i in range(0, num, chunk)])
 
 
 def make_grid(images: np.ndarray, columns: int = 8, padding: int = 2) -> np.ndarray:
@@ -64,7 +76,5 @@ def save_png(image: np.ndarray, path: str) -> None:
     pixels = np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)
     if pixels.shape[-1] == 1:
         pixels = pixels[..., 0]
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    Image.fromarray(pixels).save(tmp)
-    os.replace(tmp, path)
+    with atomic_write(path, ".png") as tmp:
+        Image.fromarray(pixels).save(tmp)

@@ -9,6 +9,9 @@ on the same fake batch.
 Randomness comes from `fold_in(state.rng, state.step)`, and every random draw is
 made for the global batch and sliced per device, so the result depends neither
 on how the batch is split over devices nor on where a run was resumed.
+
+Metrics come back as one array per call, (steps, len(METRICS)), so the
+loop fetches them in one transfer.
 """
 
 from __future__ import annotations
@@ -19,14 +22,13 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax import lax
 
 from jax_dcgan.config import Config
 from jax_dcgan.models import DTYPES, Discriminator, Generator, init_variables
 
-AXIS = "devices"
+AXIS = "devices"  # the pmap axis of data parallelism
 METRICS = ("g_loss", "d_loss", "acc_real", "acc_fake")
 
 
@@ -53,7 +55,7 @@ def create_train_state(cfg: Config, variables: dict | None = None, seed: int | N
     """A step-0 state, from given variables (e.g. converted from PyTorch) or fresh ones."""
     key = jax.random.PRNGKey(cfg.seed if seed is None else seed)
     init_key, rng = jax.random.split(key)
-    variables = variables or init_variables(cfg, init_key)
+    variables = variables or init_variables(cfg.model, init_key)
     tx_g, tx_d = optimizers(cfg)
     g_params = variables["generator"]["params"]
     return TrainState(
@@ -106,7 +108,7 @@ def _bce(logits: jax.Array, target: jax.Array | float) -> jax.Array:
 def train_step(state: TrainState, images: jax.Array, *, cfg: Config,
                axis_name: str | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
     """One D update then one G update on this device's share of the global batch."""
-    gen, dis = Generator(cfg, axis_name), Discriminator(cfg, axis_name)
+    gen, dis = Generator(cfg.model, axis_name), Discriminator(cfg.model, axis_name)
     tx_g, tx_d = optimizers(cfg)
     dtype = DTYPES[cfg.dtype]
     devices = 1 if axis_name is None else lax.psum(1, axis_name)
@@ -164,11 +166,9 @@ def train_step(state: TrainState, images: jax.Array, *, cfg: Config,
         decay = jnp.minimum(cfg.ema_decay, (1 + t) / (10 + t))
         g_ema = optax.incremental_update(g_params, g_ema, 1.0 - decay)
 
-    metrics = _pmean({
-        "g_loss": g_loss, "d_loss": d_loss,
-        "acc_real": 100.0 * jnp.mean(pred_real > 0),
-        "acc_fake": 100.0 * jnp.mean(pred_fake <= 0),
-    }, axis_name)
+    metrics = _pmean(jnp.stack([  # in the order of METRICS
+        g_loss, d_loss, 100.0 * jnp.mean(pred_real > 0), 100.0 * jnp.mean(pred_fake <= 0),
+    ]), axis_name)
     new_state = state.replace(
         step=state.step + 1,
         generator={"params": g_params, "batch_stats": g_stats},
@@ -178,13 +178,21 @@ def train_step(state: TrainState, images: jax.Array, *, cfg: Config,
 
 
 def train_steps(state: TrainState, batches: jax.Array, *, cfg: Config,
-                axis_name: str | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
-    """len(batches) steps in one device call; metrics are stacked per step."""
-    return lax.scan(functools.partial(train_step, cfg=cfg, axis_name=axis_name), state, batches)
+                axis_name: str | None = None) -> tuple[TrainState, jax.Array]:
+    """len(batches) steps in one device call; metrics (steps, len(METRICS)).
+
+    A single step runs without `lax.scan`: XLA's CPU backend compiles native
+    convolutions inside a loop body 20-40x slower than outside one (docs/BENCHMARKS.md).
+    """
+    step = functools.partial(train_step, cfg=cfg, axis_name=axis_name)
+    if batches.shape[0] == 1:
+        state, metrics = step(state, batches[0])
+        return state, metrics[None]
+    return lax.scan(step, state, batches)
 
 
 def jit_train_steps(cfg: Config):
-    """(state, batches[K, B, H, W, C] uint8) -> (state, metrics[K]) on one device."""
+    """(state, batches[K, B, H, W, C] uint8) -> (state, metrics[K, 4]) on one device."""
     return jax.jit(functools.partial(train_steps, cfg=cfg), donate_argnums=0)
 
 
@@ -198,24 +206,6 @@ def pmap_train_steps(cfg: Config, devices=None):
                     devices=devices, donate_argnums=0)
 
 
-def device_sharding(devices) -> jax.sharding.NamedSharding:
-    """Leading axis split over `devices`, in the order pmap maps them."""
-    mesh = jax.sharding.Mesh(np.asarray(devices), (AXIS,))
-    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
-
-
-def replicate(tree: Any, devices) -> Any:
-    """One copy of every leaf per device, stacked on a leading axis (pmap's layout)."""
-    sharding = device_sharding(devices)
-
-    def leaf(x):
-        x = np.asarray(x.addressable_data(0) if isinstance(x, jax.Array) else x)
-        return jax.device_put(np.broadcast_to(x, (len(devices),) + x.shape), sharding)
-    return jax.tree.map(leaf, tree)
-
-
-def unreplicate(tree: Any) -> Any:
-    """This process's first device's copy (indexing the global array would need every
-    process to take part)."""
-    return jax.tree.map(lambda x: x.addressable_data(0).reshape(x.shape[1:])
-                        if isinstance(x, jax.Array) else x[0], tree)
+def metrics_dict(row) -> dict[str, float]:
+    """One step's metrics by name."""
+    return {name: float(value) for name, value in zip(METRICS, row)}

@@ -14,6 +14,7 @@ from torch_reference import DCGAN
 
 SEED_CFG = Config()  # the lecture's widths: 64/64, latent 100, 64x64x3
 SMALL_CFG = Config(gen_features=8, dis_features=8, latent_dim=16, image_size=32)
+CONV_IMPLS = ("matmul", "xla")
 
 
 def torch_model(cfg: Config, seed: int = 0, dtype=torch.float32) -> DCGAN:
@@ -28,7 +29,7 @@ def state_dict_numpy(model: torch.nn.Module) -> dict[str, np.ndarray]:
 
 
 def jax_variables(model: DCGAN, cfg: Config) -> dict:
-    return jax.tree.map(jax.numpy.asarray, from_state_dict(state_dict_numpy(model), cfg))
+    return jax.tree.map(jax.numpy.asarray, from_state_dict(state_dict_numpy(model), cfg.model))
 
 
 def images(cfg: Config, n: int, seed: int = 0) -> np.ndarray:
@@ -47,9 +48,10 @@ def nchw(x) -> np.ndarray:
     return np.asarray(x).transpose(0, 3, 1, 2)
 
 
-def flax_tree_as_torch(params: dict, net: str) -> dict[str, np.ndarray]:
+def flax_tree_as_torch(params: dict, net: str, cfg: Config) -> dict[str, np.ndarray]:
     """A params-shaped tree of one network (gradients, Adam moments) in PyTorch layout."""
-    return to_state_dict({"generator": {}, "discriminator": {}, net: {"params": params}})
+    return to_state_dict({"generator": {}, "discriminator": {}, net: {"params": params}},
+                         cfg.model)
 
 
 @contextlib.contextmanager

@@ -1,4 +1,5 @@
-"""Print the largest JAX-vs-PyTorch differences the parity suite checks.
+"""Print the largest JAX-vs-PyTorch differences the parity suite checks, for both
+convolution backends.
 
     python -m parity_tests.report
 
@@ -19,11 +20,11 @@ import torch  # noqa: E402
 
 from jax_dcgan.convert import from_state_dict, to_state_dict  # noqa: E402
 from jax_dcgan.models import Discriminator, Generator  # noqa: E402
-from jax_dcgan.step import (create_train_state, device_sharding, jit_train_steps,  # noqa: E402
-                            pmap_train_steps, replicate)
+from jax_dcgan.parallel import device_sharding, replicate  # noqa: E402
+from jax_dcgan.step import create_train_state, jit_train_steps, pmap_train_steps  # noqa: E402
 
-from .common import (SEED_CFG, SMALL_CFG, float64, images, jax_variables, nchw,  # noqa: E402
-                     state_dict_numpy, to_torch_images, torch_model)
+from .common import (CONV_IMPLS, SEED_CFG, SMALL_CFG, float64, images,  # noqa: E402
+                     jax_variables, nchw, state_dict_numpy, to_torch_images, torch_model)
 from .test_step import adam_moments_torch, flax_tree_as_torch, run_both  # noqa: E402
 
 
@@ -40,7 +41,8 @@ def warmed_up_model():
     return model
 
 
-def forward() -> list[tuple[str, float]]:
+def forward(impl: str) -> list[tuple[str, float]]:
+    cfg = SEED_CFG.replace(conv_impl=impl)
     model = warmed_up_model()
     variables = jax_variables(model, SEED_CFG)
     z = torch.randn(64, 100, 1, 1)
@@ -51,8 +53,8 @@ def forward() -> list[tuple[str, float]]:
         with torch.no_grad():
             g, d = model.generator(z).numpy(), model.discriminator(x).numpy()[:, 0]
         kw = dict(train=True, mutable=["batch_stats"]) if train else dict(train=False)
-        gj = Generator(SEED_CFG).apply(variables["generator"], jnp.asarray(z.numpy()[:, :, 0, 0]), **kw)
-        dj = Discriminator(SEED_CFG).apply(variables["discriminator"], jnp.asarray(
+        gj = Generator(cfg.model).apply(variables["generator"], jnp.asarray(z.numpy()[:, :, 0, 0]), **kw)
+        dj = Discriminator(cfg.model).apply(variables["discriminator"], jnp.asarray(
             x.numpy().transpose(0, 2, 3, 1)), **kw)
         gj, dj = (gj[0], dj[0]) if train else (gj, dj)
         mode = "train" if train else "eval"
@@ -61,15 +63,17 @@ def forward() -> list[tuple[str, float]]:
     return rows
 
 
-def one_step_float32() -> list[tuple[str, float]]:
-    model, optimizers, logs, state, metrics = run_both(SEED_CFG, 1, 16)
-    ours = to_state_dict({"generator": state.generator, "discriminator": state.discriminator})
+def one_step_float32(impl: str) -> list[tuple[str, float]]:
+    cfg = SEED_CFG.replace(conv_impl=impl)
+    model, optimizers, logs, state, metrics = run_both(cfg, 1, 16)
+    ours = to_state_dict({"generator": state.generator, "discriminator": state.discriminator},
+                         cfg.model)
     theirs = state_dict_numpy(model)
     diffs = np.concatenate([np.abs(np.asarray(ours[k], np.float64) - v).ravel()
                             for k, v in theirs.items()])
     rel = []
     for net, opt_state in (("generator", state.g_opt), ("discriminator", state.d_opt)):
-        mu = flax_tree_as_torch(opt_state[0].mu, net)
+        mu = flax_tree_as_torch(opt_state[0].mu, net, cfg)
         ref = adam_moments_torch(model, optimizers, net, "exp_avg")
         rel.append(max(float(np.abs(mu[k] - ref[k]).max() / np.abs(ref[k]).max()) for k in ref))
     return [
@@ -82,19 +86,20 @@ def one_step_float32() -> list[tuple[str, float]]:
     ]
 
 
-def many_steps_float64() -> list[tuple[str, float]]:
+def many_steps_float64(impl: str) -> list[tuple[str, float]]:
     with float64():
-        cfg = SMALL_CFG.replace(dtype="float64")
+        cfg = SMALL_CFG.replace(dtype="float64", conv_impl=impl)
         model, _, logs, state, metrics = run_both(cfg, 12, 8, torch.float64)
-        ours = to_state_dict({"generator": state.generator, "discriminator": state.discriminator})
+        ours = to_state_dict({"generator": state.generator, "discriminator": state.discriminator},
+                             cfg.model)
         loss = max(abs(m[k] - t[k]) for m, t in zip(metrics, logs) for k in ("g_loss", "d_loss"))
         return [("12 steps, float64: losses, max", loss),
                 ("12 steps, float64: params+stats, max", _max_diff(ours, state_dict_numpy(model)))]
 
 
-def pmap_float64() -> list[tuple[str, float]]:
+def pmap_float64(impl: str) -> list[tuple[str, float]]:
     with float64():
-        cfg = SEED_CFG.replace(dtype="float64")
+        cfg = SEED_CFG.replace(dtype="float64", conv_impl=impl)
         data = images(cfg, 8)[None]
         state = jax.tree.map(lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating)
                              else a, create_train_state(cfg))
@@ -121,8 +126,8 @@ def bfloat16() -> list[tuple[str, float]]:
         for dtype in ("float32", "bfloat16"):
             cfg = SEED_CFG.replace(dtype=dtype)
             kw = dict(train=True, mutable=["batch_stats"]) if train else dict(train=False)
-            g = Generator(cfg).apply(variables["generator"], z, **kw)
-            d = Discriminator(cfg).apply(variables["discriminator"], x, **kw)
+            g = Generator(cfg.model).apply(variables["generator"], z, **kw)
+            d = Discriminator(cfg.model).apply(variables["discriminator"], x, **kw)
             outs.append([np.asarray((g[0] if train else g), np.float32),
                          np.asarray((d[0] if train else d), np.float32)])
         mode = "train" if train else "eval"
@@ -134,13 +139,29 @@ def bfloat16() -> list[tuple[str, float]]:
 
 def conversion() -> list[tuple[str, float]]:
     theirs = state_dict_numpy(torch_model(SEED_CFG))
-    back = to_state_dict(from_state_dict(theirs, SEED_CFG))
+    back = to_state_dict(from_state_dict(theirs, SEED_CFG.model), SEED_CFG.model)
     return [("torch -> flax -> torch round trip, max", _max_diff(back, theirs))]
 
 
+def backends_float64() -> list[tuple[str, float]]:
+    """matmul against xla: 12 steps in float64 from the same start."""
+    with float64():
+        states = []
+        for impl in CONV_IMPLS:
+            cfg = SMALL_CFG.replace(dtype="float64", conv_impl=impl)
+            states.append(run_both(cfg, 12, 8, torch.float64)[3])
+        diff = max(float(np.abs(np.asarray(a, np.float64) - np.asarray(b)).max())
+                   for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1])))
+    return [("12 steps, float64 (widths 8): matmul vs xla, whole state, max", diff)]
+
+
 def main() -> None:
-    rows = (forward() + one_step_float32() + many_steps_float64() + pmap_float64() + conversion()
-            + bfloat16())
+    rows = []
+    for impl in CONV_IMPLS:
+        rows += [(f"[{impl}] {name}", value) for name, value in
+                 forward(impl) + one_step_float32(impl) + many_steps_float64(impl)
+                 + pmap_float64(impl)]
+    rows += backends_float64() + conversion() + bfloat16()
     width = max(len(name) for name, _ in rows)
     print(f"{'comparison (lecture widths unless noted)':{width}}  largest difference")
     for name, value in rows:

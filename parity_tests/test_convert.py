@@ -35,7 +35,7 @@ def test_torch_to_flax_to_torch_is_bit_exact():
     for _ in range(2):  # non-trivial running statistics and counters
         model.generator(torch.randn(4, 100, 1, 1))
     theirs = state_dict_numpy(model)
-    back = to_state_dict(from_state_dict(theirs, SEED_CFG))
+    back = to_state_dict(from_state_dict(theirs, SEED_CFG.model), SEED_CFG.model)
     assert back.keys() == theirs.keys()
     for k in theirs:
         assert back[k].dtype == theirs[k].dtype and np.array_equal(back[k], theirs[k]), k
@@ -44,8 +44,8 @@ def test_torch_to_flax_to_torch_is_bit_exact():
 
 
 def test_flax_to_torch_to_flax_is_bit_exact():
-    variables = jax.tree.map(np.asarray, init_variables(SMALL_CFG, jax.random.PRNGKey(3)))
-    again = from_state_dict(to_state_dict(variables), SMALL_CFG)
+    variables = jax.tree.map(np.asarray, init_variables(SMALL_CFG.model, jax.random.PRNGKey(3)))
+    again = from_state_dict(to_state_dict(variables, SMALL_CFG.model), SMALL_CFG.model)
     assert jax.tree.structure(again) == jax.tree.structure(variables)
     for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(variables)):
         assert a.dtype == b.dtype and np.array_equal(a, b)
@@ -61,7 +61,9 @@ def test_config_is_inferred_from_shapes():
 def test_flax_init_matches_torch_init_distribution():
     """PyTorch's default init, U(-1/sqrt(fan_in), +), incl. ConvTranspose2d's fan_in quirk:
     each large conv tensor's largest |value| is within 2% of the same bound in both."""
-    ours = to_state_dict(jax.tree.map(np.asarray, init_variables(SEED_CFG, jax.random.PRNGKey(0))))
+    ours = to_state_dict(jax.tree.map(np.asarray, init_variables(SEED_CFG.model,
+                                                                 jax.random.PRNGKey(0))),
+                         SEED_CFG.model)
     theirs = state_dict_numpy(torch_model(SEED_CFG))
     conv_tensors = [k for k, v in theirs.items() if v.ndim == 4 or k == "discriminator.0.bias"]
     assert len(conv_tensors) == 11

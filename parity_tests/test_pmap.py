@@ -10,19 +10,23 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_dcgan.step import (create_train_state, device_sharding, jit_train_steps,
-                            pmap_train_steps, replicate)
+from jax_dcgan.parallel import device_sharding, replicate
+from jax_dcgan.step import create_train_state, jit_train_steps, pmap_train_steps
 
-from .common import SEED_CFG, float64, images
+from .common import SEED_CFG, SMALL_CFG, float64, images
 
 DEVICES = 4
 
 
-@pytest.mark.parametrize("steps_per_call", [1, 2])
-def test_pmap_equals_single_device(steps_per_call):
+# One step per call runs outside lax.scan, several inside it; xla's several-step case uses the
+# small widths, since XLA's CPU backend runs native convolutions in a loop body 20-40x slower.
+@pytest.mark.parametrize("base,impl,steps_per_call", [
+    (SEED_CFG, "matmul", 1), (SEED_CFG, "matmul", 2), (SEED_CFG, "xla", 1), (SMALL_CFG, "xla", 2)],
+    ids=["lecture-matmul-1", "lecture-matmul-2", "lecture-xla-1", "small-xla-2"])
+def test_pmap_equals_single_device(base, impl, steps_per_call):
     assert jax.local_device_count() >= DEVICES
     with float64():
-        cfg = SEED_CFG.replace(dtype="float64")
+        cfg = base.replace(dtype="float64", conv_impl=impl)
         batch = 8
         data = np.stack([images(cfg, batch, seed=s) for s in range(steps_per_call)])  # (K, B, ...)
         to64 = lambda t: jax.tree.map(
@@ -37,8 +41,7 @@ def test_pmap_equals_single_device(steps_per_call):
         shards = jax.device_put(shards.swapaxes(0, 1), device_sharding(devices))
         multi, m_multi = pmap_train_steps(cfg, devices)(replicated, shards)
 
-        for name in m_single:
-            np.testing.assert_allclose(m_multi[name][0], m_single[name], atol=1e-9)
+        np.testing.assert_allclose(m_multi[0], m_single, atol=1e-9)
         paths = jax.tree_util.tree_leaves_with_path(multi)
         for (path, a), b in zip(paths, jax.tree.leaves(single), strict=True):
             a, name = np.asarray(a), jax.tree_util.keystr(path)

@@ -74,7 +74,7 @@ def run_one(kind: str, flags: list[str], seed: int, a: argparse.Namespace) -> di
     with open(os.path.join(out, "metrics.jsonl")) as f:
         records = [json.loads(line) for line in f]
     steps = [r for r in records if "g_loss" in r]
-    events = [r for r in records if r.get("event") == "diversity"]
+    events = [r for r in records if "collapsed" in r]  # the per-epoch diversity records
     result.update(
         kind=kind, flags=flags, seed=seed, steps=len(steps),
         g_loss_last_epoch=float(np.mean([r["g_loss"] for r in steps[-128:]])),

@@ -1,4 +1,4 @@
-"""Tiny configurations and subprocess helpers shared by the tests."""
+"""Tiny configurations, subprocess helpers and run inspection shared by the tests."""
 
 from __future__ import annotations
 
@@ -6,13 +6,22 @@ import os
 import subprocess
 import sys
 
+import jax
+import numpy as np
+
+from jax_dcgan import checkpoint
 from jax_dcgan.config import Config
+from jax_dcgan.plots import read_metrics, read_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Small enough to compile and run in seconds on one CPU core.
+# Small enough to compile and run in seconds on one CPU core. Epochs of 8 steps with a
+# checkpoint every 4 and 3 steps per call: every segment runs one 3-step call and one
+# single step, so both step programs run. The steps per call are fixed so that separate
+# runs dispatch, and round, alike (the default measures them).
 TINY = Config(image_size=16, gen_features=8, dis_features=8, latent_dim=8, batch_size=8,
-              num_synthetic=64, epochs=2, log_every=2, checkpoint_every=4)
+              num_synthetic=64, epochs=2, log_every=2, checkpoint_every=4,
+              steps_per_dispatch=3)
 
 
 def tiny_flags(cache_dir, **changes) -> list[str]:
@@ -36,3 +45,24 @@ def cli(*args, env: dict | None = None, check: bool = True, timeout: float = 600
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+def step_records(out) -> list[dict]:
+    """The per-step records of a run (not the per-epoch ones)."""
+    return read_metrics(os.path.join(out, "metrics.jsonl"))
+
+
+def records(out) -> list[dict]:
+    return read_records(os.path.join(out, "metrics.jsonl"))
+
+
+def final_state(out):
+    """What a checkpoint holds of a run's state, as numpy arrays."""
+    state, _ = checkpoint.load(str(out))
+    return jax.tree.map(np.asarray, (state.generator, state.discriminator, state.g_opt,
+                                     state.d_opt, state.rng, state.step))
+
+
+def assert_identical(a, b) -> None:
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)

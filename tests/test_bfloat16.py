@@ -19,7 +19,8 @@ def test_bfloat16_keeps_state_in_float32_and_trains(tmp_path):
                                           state.d_opt)) if jnp.issubdtype(x.dtype, jnp.floating)]
     assert floats and all(x.dtype == jnp.float32 for x in floats)
 
-    images = Generator(cfg).apply(state.generator, jnp.zeros((2, cfg.latent_dim)), train=False)
+    images = Generator(cfg.model).apply(state.generator, jnp.zeros((2, cfg.latent_dim)),
+                                       train=False)
     assert images.dtype == jnp.bfloat16
 
     records = read_metrics(str(tmp_path / "run" / "metrics.jsonl"))

@@ -1,5 +1,8 @@
 """Bad input ends with one clear paragraph on stderr, a non-zero exit and no traceback."""
 
+import json
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -97,3 +100,60 @@ def test_unknown_preset_and_bad_flags(tmp_path):
     _fails("train", "--out", tmp_path / "r", "--lr-g", "-1", match="--lr-g must be positive")
     _fails("train", "--out", tmp_path / "r", "--batch-size", "6", "--devices", "4",
            match="does not split evenly over 4 devices")
+
+
+def test_out_that_is_a_file(tmp_path):
+    (tmp_path / "taken").write_text("precious")
+    _fails("train", "--out", tmp_path / "taken", *tiny_flags(tmp_path / "c"), match="is a file")
+    assert (tmp_path / "taken").read_text() == "precious"
+
+
+def test_config_file_then_flags(tmp_path):
+    """A run's config.json as --config, with a flag overriding one field."""
+    cli("train", "--out", tmp_path / "a", "--quiet", *tiny_flags(tmp_path / "c", epochs=1))
+    cli("train", "--out", tmp_path / "b", "--quiet", "--config", tmp_path / "a" / "config.json",
+        "--seed", "7")
+    a = json.loads((tmp_path / "a" / "config.json").read_text())
+    b = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert b == {**a, "seed": 7}
+    (tmp_path / "small.yaml").write_text("image_size: 16\nlatent_dim: 8\nlr_g: 1\n")
+    (tmp_path / "bad.yaml").write_text("image_size: 16\nlearning_rate: 0.1\n")
+    _fails("train", "--out", tmp_path / "r", "--config", tmp_path / "bad.yaml",
+           match="'learning_rate', which is not a field")
+    (tmp_path / "typed.json").write_text('{"batch_size": "many"}')
+    _fails("train", "--out", tmp_path / "r", "--config", tmp_path / "typed.json",
+           match="batch_size is 'many', but --batch-size takes an integer")
+    (tmp_path / "broken.json").write_text("{")
+    _fails("train", "--out", tmp_path / "r", "--config", tmp_path / "broken.json",
+           match="not valid JSON")
+    _fails("train", "--out", tmp_path / "r", "--config", tmp_path / "none.json",
+           match="Could not read the config file")
+    assert not (tmp_path / "r").exists()
+
+
+def test_config_file_values_are_typed(tmp_path):
+    from jax_dcgan.config import read_config_file
+
+    (tmp_path / "c.yaml").write_text("image_size: 16\nlr_g: 1\nfresh_noise: true\n")
+    assert read_config_file(str(tmp_path / "c.yaml")) == {"image_size": 16, "lr_g": 1.0,
+                                                            "fresh_noise": True}
+
+
+def test_version():
+    from jax_dcgan import __version__
+
+    assert cli("--version").stdout.strip() == f"jax-dcgan {__version__}"
+
+
+@pytest.mark.parametrize("argv,reexecs", [
+    (["train", "--out", "x", "--batch-size", "0"], True), (["bench", "--steps", "0"], True),
+    (["convert", "--to-torch", "nowhere", "--out", "x.pt"], False),
+    (["sample", "--checkpoint", "nowhere", "--out", "g.png"], False)])
+def test_only_heavy_commands_restart_with_huge_pages(monkeypatch, argv, reexecs):
+    from jax_dcgan import cli as cli_module
+
+    calls = []
+    monkeypatch.setattr(cli_module.runtime, "reexec_with_huge_pages", lambda: calls.append(1))
+    monkeypatch.setattr(sys, "argv", ["jax-dcgan", *argv])
+    assert cli_module.main() == 2  # each fails on its bad input
+    assert bool(calls) == reexecs

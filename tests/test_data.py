@@ -2,7 +2,6 @@
 
 import json
 import os
-import warnings
 
 import numpy as np
 import pytest
@@ -124,7 +123,7 @@ def test_cache_is_reused_and_rebuilt_when_source_or_transform_changes(tmp_path, 
     assert len(data.load_dataset(cfg, quiet=True)) == 6  # another file: rebuilt
     caches = [d for d in os.listdir(tmp_path / "c") if not d.startswith(".")]
     assert len(caches) == 3
-    manifest = json.load(open(tmp_path / "c" / caches[0] / "manifest.json"))
+    manifest = json.loads((tmp_path / "c" / caches[0] / "manifest.json").read_text())
     assert manifest["dataset"] == "folder" and manifest["version"] == data.CACHE_VERSION
 
 

@@ -129,3 +129,13 @@ def test_incomplete_process_flags_are_refused(tmp_path):
                  "--num-processes", "2", check=False)
     assert result.returncode == 2 and "--coordinator-address" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
+
+
+def test_two_processes_agree_on_the_measured_steps_per_dispatch(tmp_path):
+    """Each process times a step; process 0's choice is used by both (calls of different sizes
+    would pair the processes' collectives wrongly and hang or fail)."""
+    run = tmp_path / "run"
+    launch_two(run, tmp_path / "cache", STEPS, "--steps-per-dispatch", "0")
+    (start,) = json.loads((run / "run.json").read_text())["starts"]
+    assert start["step_ms"] > 0 and 1 <= start["steps_per_dispatch"] <= 4
+    assert steps_in(run) == list(range(1, STEPS + 1))

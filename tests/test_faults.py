@@ -2,7 +2,6 @@
 
 import io
 import json
-import os
 import random
 import signal
 import subprocess
@@ -10,34 +9,18 @@ import sys
 import time
 import warnings
 
-import jax
 import numpy as np
 import pytest
 from PIL import Image
 
-from jax_dcgan import checkpoint, data, train as train_module
+from jax_dcgan import checkpoint, data, parallel
 from jax_dcgan.config import Config
-from jax_dcgan.errors import UserError
-from jax_dcgan.train import Diverged, train
+from jax_dcgan.errors import Diverged, UserError
+from jax_dcgan.step import METRICS
+from jax_dcgan.train import train
 
-from .helpers import ROOT, TINY, cli, tiny_flags
-
-
-def _records(out):
-    """The per-step records (not the per-epoch events)."""
-    with open(os.path.join(out, "metrics.jsonl")) as f:
-        return [r for r in map(json.loads, f) if "g_loss" in r]
-
-
-def _final(out):
-    state, _ = checkpoint.load(str(out))
-    return jax.tree.map(np.asarray, (state.generator, state.discriminator, state.g_opt,
-                                     state.d_opt, state.step))
-
-
-def _assert_identical(a, b):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(x, y)
+from .helpers import (ROOT, TINY, assert_identical, cli, final_state, records, step_records,
+                      tiny_flags)
 
 
 def _start(out, flags, *extra):
@@ -49,8 +32,7 @@ def _start(out, flags, *extra):
 def _wait_for_steps(out, process, steps=1, timeout=300):
     deadline = time.time() + timeout
     while True:
-        path = os.path.join(out, "metrics.jsonl")
-        if os.path.exists(path) and sum(1 for _ in open(path)) >= steps:
+        if len(records(out)) >= steps:
             return
         assert process.poll() is None and time.time() < deadline, "training did not start"
         time.sleep(0.05)
@@ -65,14 +47,14 @@ def test_repeated_sigkill_at_random_steps_then_resume_is_bit_identical(tmp_path)
         _wait_for_steps(tmp_path / "killed", process)
         time.sleep(rng.uniform(0.0, 1.5))
         process.send_signal(signal.SIGKILL)
-        process.wait()
+        process.communicate()
         latest = checkpoint.Checkpoints(str(tmp_path / "killed" / "checkpoints")).latest_step()
         if latest is not None:
             checkpoint.load(str(tmp_path / "killed"))  # the last complete checkpoint loads
     cli("train", "--out", tmp_path / "killed", "--quiet", "--resume", *flags)
-    _assert_identical(_final(tmp_path / "whole"), _final(tmp_path / "killed"))
-    steps = [r["step"] for r in _records(tmp_path / "killed")]
-    assert steps == [r["step"] for r in _records(tmp_path / "whole")]  # none missing or doubled
+    assert_identical(final_state(tmp_path / "whole"), final_state(tmp_path / "killed"))
+    steps = [r["step"] for r in step_records(tmp_path / "killed")]
+    assert steps == [r["step"] for r in step_records(tmp_path / "whole")]  # none missing or doubled
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
@@ -85,12 +67,12 @@ def test_sigint_and_sigterm_checkpoint_then_exit_cleanly(tmp_path, signum):
     assert process.returncode == 128 + signum
     assert "Traceback" not in stderr and "--resume" in stderr
     saved = checkpoint.Checkpoints(str(tmp_path / "run" / "checkpoints")).latest_step()
-    assert saved is not None and saved == _records(tmp_path / "run")[-1]["step"]
+    assert saved is not None and saved == step_records(tmp_path / "run")[-1]["step"]
 
 
 def _nan_at(monkeypatch, bad_step: int, times: int):
     """Make the step function report NaN losses for the step `bad_step` (0-based), `times` times."""
-    real = train_module.jit_train_steps
+    real = parallel.jit_train_steps
     left = [times]
 
     def patched(cfg):
@@ -101,11 +83,11 @@ def _nan_at(monkeypatch, bad_step: int, times: int):
             state, metrics = step_fn(state, batches)
             if left[0] and first <= bad_step < first + batches.shape[0]:
                 left[0] -= 1
-                metrics = {**metrics, "d_loss": metrics["d_loss"].at[bad_step - first].set(np.nan)}
+                metrics = metrics.at[bad_step - first, METRICS.index("d_loss")].set(np.nan)
             return state, metrics
         return run
 
-    monkeypatch.setattr(train_module, "jit_train_steps", patched)
+    monkeypatch.setattr(parallel, "jit_train_steps", patched)
 
 
 def test_nonfinite_losses_stop_and_keep_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -125,9 +107,8 @@ def test_nonfinite_losses_roll_back_and_continue(tmp_path, monkeypatch):
         state = train(cfg, str(tmp_path / "run"), quiet=True)
     total = cfg.epochs * cfg.num_synthetic // cfg.batch_size
     assert int(state.step) == total
-    assert [r["step"] for r in _records(tmp_path / "run")] == list(range(1, total + 1))
-    events = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
-    assert any(r.get("event") == "rollback" and r["step"] == 4 for r in events)
+    assert [r["step"] for r in step_records(tmp_path / "run")] == list(range(1, total + 1))
+    assert any(r.get("rollback") == 1 and r["step"] == 4 for r in records(tmp_path / "run"))
 
 
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):

@@ -1,7 +1,6 @@
 """FID, SWD, the diversity monitor, `jax-dcgan eval` and `train --eval-every`."""
 
 import json
-import os
 
 import jax
 import numpy as np
@@ -9,10 +8,13 @@ import pytest
 
 from jax_dcgan import data, metrics
 from jax_dcgan.config import Config
-from jax_dcgan.train import EpochEnd, Recorder, Run
+from jax_dcgan.dispatch import Plan
+from jax_dcgan.epoch_end import EpochEnd
+from jax_dcgan.rundir import RunDir
 from jax_dcgan.step import create_train_state
+from jax_dcgan.writers import ConsoleWriter, History, JsonlWriter, Writers
 
-from .helpers import TINY, cli, tiny_flags
+from .helpers import TINY, cli, records, tiny_flags
 
 
 def test_frechet_distance_against_the_direct_float64_formula():
@@ -52,28 +54,34 @@ def test_swd_small_for_real_halves_and_large_for_noise(faces):
 
 
 def test_diversity_monitor_fires_on_a_collapsed_generator(tmp_path, faces):
-    """Diverse samples, then all alike: the second epoch is flagged, in the log and as a warning."""
-    from tqdm import tqdm
-
+    """Diverse samples, then all alike: the third epoch is flagged, in the log and as a warning;
+    the best diversity so far is what the checkpoints keep."""
     cfg = TINY.replace(image_size=32)
     state = create_train_state(cfg)
     params = state.generator["params"]
     diverse = jax.tree.map(lambda x: 10 * x, params)  # saturated, varied patterns
-    last = max((k for k in params if k.startswith("conv_")), key=lambda k: int(k.split("_")[1]))
-    alike = {**params, last: {"kernel": params[last]["kernel"] * 0}}  # every sample is 0
-    os.makedirs(tmp_path / "samples")
-    run = Run(str(tmp_path), cfg, steps_per_epoch=10, total_steps=30)
-    bar = tqdm(disable=True)
-    monitor = EpochEnd(run, faces, Recorder(run, bar), bar)
+    alike = {**params, "to_rgb": {"kernel": params["to_rgb"]["kernel"] * 0}}  # every sample is 0
+    plan = Plan(steps_per_epoch=10, total_steps=30, checkpoint_every=0, steps_per_dispatch=1)
+    history = History()
+    writers = Writers(JsonlWriter(str(tmp_path / "metrics.jsonl")), history)
+    monitor = EpochEnd(RunDir(str(tmp_path)), cfg, cfg.model, plan, faces, writers,
+                       ConsoleWriter(plan, 1, 0, disable=True), history, best_diversity=0.0)
     with_params = lambda p: state.replace(generator={**state.generator, "params": p})
-    monitor(with_params(alike), 10)  # not diverse yet: no alarm
-    monitor(with_params(diverse), 20)
-    with pytest.warns(UserWarning, match="may have collapsed"):
-        monitor(with_params(alike), 30)
-    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
-    assert [r["collapsed"] for r in records] == [False, False, True]
-    assert all(r["event"] == "diversity" for r in records) and records[2]["diversity"] == 0
-    assert records[1]["diversity"] > metrics.COLLAPSE_RATIO * records[1]["reference"]
+    with monitor:
+        for step, generator in ((10, alike), (20, diverse)):  # not diverse yet: no alarm
+            monitor.start(with_params(generator), step)
+            monitor.collect(wait=True)
+        best = monitor.best_diversity
+        with pytest.warns(UserWarning, match="may have collapsed"):
+            monitor.start(with_params(alike), 30)
+            monitor.collect(wait=True)
+    found = records(tmp_path)
+    assert [r["collapsed"] for r in found] == [False, False, True]
+    assert [r["epoch"] for r in found] == [1, 2, 3] and found[2]["diversity"] == 0
+    assert best == found[1]["diversity"] > metrics.COLLAPSE_RATIO * found[1]["diversity_data"]
+    assert monitor.best_diversity == best
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == [
+        "epoch_001.png", "epoch_002.png", "epoch_003.png"]
 
 
 def test_eval_command_prints_fid_and_swd(tmp_path):
@@ -91,8 +99,9 @@ def test_eval_command_prints_fid_and_swd(tmp_path):
 def test_train_eval_every_records_quality(tmp_path):
     cli("train", "--out", tmp_path / "run", "--quiet",
         *tiny_flags(tmp_path / "c", epochs=2), "--eval-every", "1", "--eval-samples", "32")
-    records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
-    evals = [r for r in records if r.get("event") == "eval"]
-    assert [r["epoch"] for r in evals] == [1, 2] and all("fid" in r and "swd" in r for r in evals)
-    assert len([r for r in records if r.get("event") == "diversity"]) == 2
+    found = records(tmp_path / "run")
+    evals = [r for r in found if "swd" in r]
+    assert [r["epoch"] for r in evals] == [1, 2] and all("fid" in r for r in evals)
+    assert [r["step"] for r in evals] == [8, 16]
+    assert len([r for r in found if "diversity" in r and "swd" not in r]) == 2
     assert (tmp_path / "run" / "quality.png").stat().st_size > 5000

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_dcgan.config import PRESETS, preset
+from jax_dcgan.config import PRESETS, Config, preset
 from jax_dcgan.errors import UserError
 from jax_dcgan.models import init_variables
 from jax_dcgan.step import create_train_state, draw_step_randomness, jit_train_steps
@@ -30,13 +30,13 @@ def test_ema_of_generator_weights():
 
 
 def test_dcgan_initialisation_is_normal_002():
-    params = init_variables(TINY.replace(weight_init="dcgan", gen_features=64, dis_features=64),
-                            jax.random.PRNGKey(0))
-    kernel = np.asarray(params["discriminator"]["params"]["conv_2"]["kernel"])
-    scale = np.asarray(params["generator"]["params"]["bn_1"]["scale"])
+    cfg = TINY.replace(weight_init="dcgan", gen_features=64, dis_features=64)
+    params = init_variables(cfg.model, jax.random.PRNGKey(0))
+    kernel = np.asarray(params["discriminator"]["params"]["conv_4x4"]["kernel"])
+    scale = np.asarray(params["generator"]["params"]["bn_4x4"]["scale"])
     assert abs(kernel.std() - 0.02) < 1e-3 and abs(kernel.mean()) < 1e-3
     assert abs(scale.mean() - 1) < 0.01 and 0.01 < scale.std() < 0.03
-    assert np.all(np.asarray(params["discriminator"]["params"]["conv_0"]["bias"]) == 0)
+    assert np.all(np.asarray(params["discriminator"]["params"]["from_rgb"]["bias"]) == 0)
 
 
 def test_presets():
@@ -45,6 +45,7 @@ def test_presets():
     assert (relu.gen_activation, relu.dis_slope, relu.gen_slope) == ("relu", 0.2, 0.01)
     assert preset("dcgan-paper").weight_init == "dcgan"
     for name, fields in PRESETS.items():
+        assert Config(**fields).validate()
         if name != "seed":
             assert all(k in {"dataset", "gen_activation", "dis_slope", "weight_init",
                              "num_synthetic", "image_size", "gen_features", "dis_features",

@@ -2,7 +2,9 @@
 
 import json
 import os
+import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -12,28 +14,30 @@ import numpy as np
 import pytest
 import torch
 
-from jax_dcgan import checkpoint
+from jax_dcgan import checkpoint, epoch_end, parallel
 from jax_dcgan.train import train
 from torch_reference import DCGAN
 
-from .helpers import ROOT, TINY, cli, tiny_flags
+from .helpers import (ROOT, TINY, assert_identical, cli, final_state, records, step_records,
+                      tiny_flags)
 
 
-def _records(out):
-    """The per-step records (not the per-epoch events)."""
-    with open(os.path.join(out, "metrics.jsonl")) as f:
-        return [r for r in map(json.loads, f) if "g_loss" in r]
+def tensorboard_events(logdir) -> dict[str, list[int]]:
+    """Tag -> steps of every value in the TensorBoard event files under `logdir`."""
+    from tensorboardX.proto.event_pb2 import Event
 
-
-def _params(out):
-    state, _ = checkpoint.load(out)
-    return jax.tree.map(np.asarray, (state.generator, state.discriminator, state.g_opt,
-                                     state.d_opt, state.rng, state.step))
-
-
-def _assert_identical(a, b):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(x, y)
+    tags: dict[str, list[int]] = {}
+    for name in sorted(os.listdir(logdir)):
+        with open(os.path.join(logdir, name), "rb") as f:
+            blob = f.read()
+        position = 0
+        while position < len(blob):  # TFRecord: length, its CRC, the data, the data's CRC
+            (length,) = struct.unpack("<Q", blob[position:position + 8])
+            event = Event.FromString(blob[position + 12:position + 12 + length])
+            position += 16 + length
+            for value in event.summary.value:
+                tags.setdefault(value.tag, []).append(event.step)
+    return tags
 
 
 @pytest.mark.parametrize("devices", [1, 4])
@@ -45,17 +49,28 @@ def test_train_writes_every_output(tmp_path, devices):
     total = cfg.epochs * steps_per_epoch
     assert int(state.step) == total
 
-    records = _records(out)
-    assert [r["step"] for r in records] == list(range(1, total + 1))
-    assert all(np.isfinite(r[k]) for r in records for k in ("g_loss", "d_loss"))
-    assert {r["epoch"] for r in records} == {1, 2}
-    assert all(0 <= r["acc_real"] <= 100 and r["images_per_s"] > 0 for r in records)
+    steps = step_records(out)
+    assert [r["step"] for r in steps] == list(range(1, total + 1))
+    assert all(np.isfinite(r[k]) for r in steps for k in ("g_loss", "d_loss"))
+    assert {r["epoch"] for r in steps} == {1, 2}
+    assert all(0 <= r["acc_real"] <= 100 and r["images_per_s"] > 0 for r in steps)
+    assert [r["step"] for r in records(out) if "diversity" in r] == [8, 16]
 
     assert sorted(os.listdir(out / "samples")) == ["epoch_001.png", "epoch_002.png"]
     assert (out / "losses.png").stat().st_size > 10_000
     assert checkpoint.Checkpoints(str(out / "checkpoints")).latest_step() == total
     model = DCGAN(cfg.latent_dim, cfg.gen_features, cfg.dis_features, image_size=cfg.image_size)
     model.load_state_dict(torch.load(out / "model.pt", weights_only=True), strict=True)
+
+    (start,) = json.loads((out / "run.json").read_text())["starts"]
+    assert start["step"] == 0 and start["conv_impl"] == "matmul"  # auto, on a CPU
+    assert start["steps_per_dispatch"] == 3 and len(start["devices"]) == devices
+    assert {"jax", "jaxlib", "flax", "optax", "orbax-checkpoint"} <= set(start["versions"])
+    assert start["git_commit"] is None or len(start["git_commit"].rstrip("+")) == 40
+
+    events = tensorboard_events(out / "tensorboard")
+    assert events["g_loss"] == list(range(1, total + 1)) and events["samples"] == [8, 16]
+    assert events["diversity"] == [8, 16] and "epoch" not in events
 
 
 def test_one_and_four_devices_train_alike(tmp_path):
@@ -70,8 +85,9 @@ def test_streamed_data_gives_the_same_run_as_device_resident(tmp_path):
     base = TINY.replace(cache_dir=str(tmp_path / "c"), epochs=1)
     train(base, str(tmp_path / "a"), quiet=True)
     train(base.replace(data_on_device="no"), str(tmp_path / "b"), quiet=True)
-    _assert_identical(_params(tmp_path / "a"), _params(tmp_path / "b"))
-    strip = lambda out: [{k: v for k, v in r.items() if k != "images_per_s"} for r in _records(out)]
+    assert_identical(final_state(tmp_path / "a"), final_state(tmp_path / "b"))
+    strip = lambda out: [{k: v for k, v in r.items() if k != "images_per_s"}
+                         for r in step_records(out)]
     assert strip(tmp_path / "a") == strip(tmp_path / "b")
 
 
@@ -80,23 +96,96 @@ def test_fused_steps_give_the_same_run(tmp_path):
     same math rounds differently (~1e-7); Adam's first steps can turn that into up to
     2 lr on near-zero gradients, hence 1e-3 on parameters after 8 steps."""
     base = TINY.replace(cache_dir=str(tmp_path / "c"), epochs=1)
-    a = train(base, str(tmp_path / "a"), quiet=True)
+    a = train(base.replace(steps_per_dispatch=1), str(tmp_path / "a"), quiet=True)
     b = train(base.replace(steps_per_dispatch=3), str(tmp_path / "b"), quiet=True)
     for x, y in zip(jax.tree.leaves(a.generator), jax.tree.leaves(b.generator), strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-3)
-    for ra, rb in zip(_records(tmp_path / "a"), _records(tmp_path / "b"), strict=True):
+    for ra, rb in zip(step_records(tmp_path / "a"), step_records(tmp_path / "b"), strict=True):
         assert ra["step"] == rb["step"] and ra["g_loss"] == pytest.approx(rb["g_loss"], rel=1e-3)
 
 
 def test_resume_continues_exactly(tmp_path):
     cfg = TINY.replace(cache_dir=str(tmp_path / "c"))
     train(cfg, str(tmp_path / "whole"), quiet=True)
-    train(cfg.replace(steps=5), str(tmp_path / "parts"), quiet=True)  # stops at step 5
+    train(cfg.replace(steps=7), str(tmp_path / "parts"), quiet=True)  # one call of 3 after 4
     train(cfg, str(tmp_path / "parts"), resume=True, quiet=True)
-    _assert_identical(_params(tmp_path / "whole"), _params(tmp_path / "parts"))
-    assert _records(tmp_path / "whole") == [
+    assert_identical(final_state(tmp_path / "whole"), final_state(tmp_path / "parts"))
+    assert step_records(tmp_path / "whole") == [
         {**r, "images_per_s": w["images_per_s"]}
-        for r, w in zip(_records(tmp_path / "parts"), _records(tmp_path / "whole"))]
+        for r, w in zip(step_records(tmp_path / "parts"), step_records(tmp_path / "whole"))]
+
+
+def test_measured_steps_per_dispatch_are_kept_for_the_resume(tmp_path):
+    """The default chooses K from the measured step time once and keeps it in the checkpoint,
+    so a resume dispatches (and rounds) as before even if the machine's speed changed."""
+    cfg = TINY.replace(cache_dir=str(tmp_path / "c"), steps_per_dispatch=0, epochs=3)
+    train(cfg.replace(steps=12), str(tmp_path / "parts"), quiet=True)
+    train(cfg, str(tmp_path / "parts"), resume=True, quiet=True)
+    first, second = json.loads((tmp_path / "parts" / "run.json").read_text())["starts"]
+    k = first["steps_per_dispatch"]
+    assert first["step_ms"] > 0 and 1 <= k <= 4  # at most one segment (a checkpoint every 4)
+    assert second["step"] == 12 and second["steps_per_dispatch"] == k
+    assert second["step_ms"] is None  # kept, not measured again
+    train(cfg.replace(steps_per_dispatch=k), str(tmp_path / "whole"), quiet=True)
+    assert_identical(final_state(tmp_path / "whole"), final_state(tmp_path / "parts"))
+
+
+def test_a_run_compiles_two_step_programs(tmp_path, monkeypatch):
+    """K steps and one step, whatever the epoch and checkpoint lengths (here 5 and 3)."""
+    functions = []
+    original = parallel.Layout.step_function
+
+    def recording(self, cfg):
+        functions.append(original(self, cfg))
+        return functions[-1]
+
+    monkeypatch.setattr(parallel.Layout, "step_function", recording)
+    cfg = TINY.replace(cache_dir=str(tmp_path / "c"), num_synthetic=40, checkpoint_every=3,
+                       steps_per_dispatch=2, epochs=3, devices=1)
+    train(cfg, str(tmp_path / "run"), quiet=True)
+    (step_fn,) = functions
+    assert step_fn._cache_size() == 2
+
+
+def test_checkpoints_by_the_clock_keep_the_resume_exact(tmp_path):
+    """--checkpoint-minutes saves at the end of whichever call the clock is due at, in the
+    middle of a segment too; the plan does not depend on it, so resuming from any of those
+    checkpoints ends where the uninterrupted run ended."""
+    cfg = TINY.replace(cache_dir=str(tmp_path / "c"), checkpoint_every=0, epochs=3,
+                       checkpoint_minutes=1e-9, keep_checkpoints=100)
+    train(cfg, str(tmp_path / "clock"), quiet=True)
+    saved = checkpoint.Checkpoints(str(tmp_path / "clock" / "checkpoints")).all_steps()
+    assert saved == [3, 6, 7, 8, 11, 14, 15, 16, 19, 22, 23, 24]  # calls of 3, 3, 1, 1 a epoch
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "clock" / "checkpoints" / "11", resumed / "checkpoints" / "11")
+    shutil.copy(tmp_path / "clock" / "config.json", resumed / "config.json")
+    train(cfg, str(resumed), resume=True, quiet=True)
+    assert_identical(final_state(tmp_path / "clock"), final_state(resumed))
+
+
+def test_epoch_end_work_runs_while_the_device_trains(tmp_path, monkeypatch):
+    """Steps are dispatched while an epoch's files and plots are being written."""
+    spans, calls = [], []
+    outputs = epoch_end.EpochEnd._outputs
+
+    def slow_outputs(self, *args):
+        start = time.monotonic()
+        time.sleep(1.0)
+        outputs(self, *args)
+        spans.append((start, time.monotonic()))
+
+    original = parallel.Layout.step_function
+
+    def timed_step(self, cfg):
+        step_fn = original(self, cfg)
+        return lambda state, batch: (calls.append(time.monotonic()), step_fn(state, batch))[1]
+
+    monkeypatch.setattr(epoch_end.EpochEnd, "_outputs", slow_outputs)
+    monkeypatch.setattr(parallel.Layout, "step_function", timed_step)
+    train(TINY.replace(cache_dir=str(tmp_path / "c"), epochs=3, checkpoint_every=0),
+          str(tmp_path / "run"), quiet=True)
+    first_start, first_end = spans[0]
+    assert any(first_start < t < first_end for t in calls), "training waited for epoch 1's files"
 
 
 def test_killed_run_resumes_bit_identical(tmp_path):
@@ -113,9 +202,9 @@ def test_killed_run_resumes_bit_identical(tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     cli("train", "--out", tmp_path / "killed", "--quiet", "--resume", *flags)
-    _assert_identical(_params(tmp_path / "whole"), _params(tmp_path / "killed"))
-    steps = [r["step"] for r in _records(tmp_path / "killed")]
-    assert steps == list(range(1, steps[-1] + 1)) == [r["step"] for r in _records(tmp_path / "whole")]
+    assert_identical(final_state(tmp_path / "whole"), final_state(tmp_path / "killed"))
+    steps = [r["step"] for r in step_records(tmp_path / "killed")]
+    assert steps == list(range(1, steps[-1] + 1)) == [r["step"] for r in step_records(tmp_path / "whole")]
 
 
 def test_cli_train_then_sample_then_convert(tmp_path):
@@ -128,3 +217,33 @@ def test_cli_train_then_sample_then_convert(tmp_path):
     cli("convert", "--to-torch", tmp_path / "run", "--out", tmp_path / "m.pt")
     model = DCGAN(TINY.latent_dim, TINY.gen_features, TINY.dis_features, image_size=16)
     model.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True), strict=True)
+
+
+CACHE_HITS = r"""
+import sys, jax
+from jax_dcgan.config import Config
+from tests.helpers import TINY
+hits = []
+jax.monitoring.register_event_listener(
+    lambda event, **kw: hits.append(event) if event == "/jax/compilation_cache/cache_hits" else 0)
+cfg = TINY.replace(cache_dir=sys.argv[1], devices=1, compilation_cache=sys.argv[2] == "on")
+from jax_dcgan.train import train
+train(cfg, sys.argv[1] + "/first", quiet=True)
+before = len(hits)
+train(cfg, sys.argv[1] + "/second", quiet=True)
+print(before, len(hits) - before)
+"""
+
+
+@pytest.mark.parametrize("cache", ["on", "off"])
+def test_a_second_run_loads_its_step_programs_from_the_compilation_cache(tmp_path, cache):
+    done = subprocess.run([sys.executable, "-c", CACHE_HITS, str(tmp_path), cache], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    first, second = map(int, done.stdout.split())
+    programs = [p for p in os.listdir(tmp_path / "xla")] if cache == "on" else []
+    if cache == "on":  # the K-step and the one-step program, compiled once, then loaded
+        assert first == 0 and second >= 2
+        assert sum(p.startswith("jit_train_steps") for p in programs) == 2
+    else:
+        assert first == second == 0 and not (tmp_path / "xla").exists()

@@ -1,6 +1,7 @@
-"""Transparent huge pages for XLA's host buffers on Linux CPUs.
+"""How this process runs XLA: transparent huge pages for its host buffers on Linux, and
+JAX's persistent compilation cache.
 
-XLA's CPU runtime allocates every step's intermediates afresh and glibc maps and
+Huge pages: XLA's CPU runtime allocates every step's intermediates afresh and glibc maps and
 unmaps them with 4 KiB pages: up to 70,000 page faults per step of the lecture's
 model at batch 32 on this project's 2-core machine. With glibc's
 `glibc.malloc.hugetlb=1` tunable, malloc asks for transparent huge pages and the
@@ -8,6 +9,10 @@ faults drop more than tenfold (docs/BENCHMARKS.md).
 The tunable is read when a process starts, so the command-line tool re-executes
 itself once with it set, as PyTorch's CPU launcher (`torch.backends.xeon.run_cpu`)
 relaunches with a tuned allocator. `JAX_DCGAN_HUGE_PAGES=0` turns this off.
+
+The compilation cache keeps compiled programs on disk, so that a resume or a
+second run of the same configuration loads them instead of compiling again
+(tens of seconds per program on a GPU).
 """
 
 from __future__ import annotations
@@ -19,14 +24,14 @@ TUNABLE = "glibc.malloc.hugetlb"
 _THP_MODE = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 
-def available() -> bool:
+def huge_pages_available() -> bool:
     """Linux with transparent huge pages not switched off."""
     return sys.platform == "linux" and _thp_available()
 
 
-def enabled() -> bool:
+def huge_pages_enabled() -> bool:
     """Whether this process started with huge pages requested from malloc."""
-    return _tunables().get(TUNABLE, "0") != "0" and available()
+    return _tunables().get(TUNABLE, "0") != "0" and huge_pages_available()
 
 
 def _tunables() -> dict[str, str]:
@@ -45,7 +50,7 @@ def _thp_available() -> bool:
 def reexec_with_huge_pages() -> None:
     """Replace this process by the same command with the tunable set (same PID, so
     signals and exit codes are unchanged); returns only where that does not apply."""
-    if (not available() or not sys.executable or TUNABLE in _tunables()
+    if (not huge_pages_available() or not sys.executable or TUNABLE in _tunables()
             or os.environ.get("JAX_DCGAN_HUGE_PAGES") == "0"):
         return
     tunables = ":".join(filter(None, [os.environ.get("GLIBC_TUNABLES"), f"{TUNABLE}=1"]))
@@ -53,3 +58,12 @@ def reexec_with_huge_pages() -> None:
         os.execve(sys.executable, sys.orig_argv, {**os.environ, "GLIBC_TUNABLES": tunables})
     except OSError:
         pass  # carry on with the default allocator
+
+
+def enable_compilation_cache(directory: str) -> None:
+    """JAX's persistent compilation cache in `directory`, unless one is configured already
+    (JAX_COMPILATION_CACHE_DIR or jax.config), which is then kept."""
+    import jax
+
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", directory)

@@ -1,0 +1,112 @@
+"""Which steps each device call runs, and how many steps a call fuses.
+
+A run is cut into segments at epoch ends, checkpoint steps and its last step.
+Each segment runs in calls of K steps (`lax.scan`) from its start and its last
+(length mod K) steps one call each, so a run compiles two step programs at most
+and epoch ends never make a new program size. The call that starts at a step
+depends on that step alone, so a resumed run dispatches, and rounds, exactly as
+an uninterrupted one.
+
+K comes from the measured time of one step: enough steps that a call lasts about
+`TARGET_SECONDS`, so per-call overhead and the loop's host work hide behind the
+device's work (on an accelerator one step of the lecture's model is a
+millisecond or two).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Callable, Iterator
+
+import jax
+
+TARGET_SECONDS = 0.05
+MAX_STEPS = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class Dispatch:
+    step: int   # the first step of the call, counting from 0
+    count: int  # steps in the call: K or 1
+
+    @property
+    def end(self) -> int:
+        """The step count after the call."""
+        return self.step + self.count
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    steps_per_epoch: int
+    total_steps: int
+    checkpoint_every: int   # 0: no checkpoint steps
+    steps_per_dispatch: int
+
+    def segment_end(self, step: int) -> int:
+        """The first epoch end, checkpoint step or last step after `step`."""
+        ends = [(step // self.steps_per_epoch + 1) * self.steps_per_epoch, self.total_steps]
+        if self.checkpoint_every:
+            ends.append((step // self.checkpoint_every + 1) * self.checkpoint_every)
+        return min(ends)
+
+    def segment_start(self, step: int) -> int:
+        starts = [step // self.steps_per_epoch * self.steps_per_epoch]
+        if self.checkpoint_every:
+            starts.append(step // self.checkpoint_every * self.checkpoint_every)
+        return max(starts)
+
+    def next(self, step: int) -> Dispatch:
+        k = self.steps_per_dispatch
+        aligned = (step - self.segment_start(step)) % k == 0
+        return Dispatch(step, k if aligned and step + k <= self.segment_end(step) else 1)
+
+    def dispatches(self, start: int) -> Iterator[Dispatch]:
+        step = start
+        while step < self.total_steps:
+            dispatch = self.next(step)
+            yield dispatch
+            step = dispatch.end
+
+    def epoch_of(self, step: int) -> int:
+        return step // self.steps_per_epoch
+
+    @property
+    def epochs(self) -> int:
+        return math.ceil(self.total_steps / self.steps_per_epoch)
+
+    def is_epoch_end(self, step: int) -> bool:
+        return step % self.steps_per_epoch == 0
+
+    def is_checkpoint_step(self, step: int) -> bool:
+        return step == self.total_steps or bool(
+            self.checkpoint_every and step % self.checkpoint_every == 0)
+
+    def is_segment_end(self, step: int) -> bool:
+        return self.is_epoch_end(step) or self.is_checkpoint_step(step)
+
+    def crosses(self, dispatch: Dispatch, every: int) -> bool:
+        """Whether the call completes a multiple of `every` steps."""
+        return dispatch.end // every > dispatch.step // every
+
+
+def choose_steps_per_dispatch(seconds_per_step: float, segment: int) -> int:
+    """K: at most the steps of about TARGET_SECONDS and at most one `segment` (the usual
+    distance between epoch ends and checkpoints); of those, the K that runs a segment in the
+    fewest calls (larger K on a tie), e.g. 2 x 25 rather than 42 + 8 x 1 for 50 steps."""
+    k = round(TARGET_SECONDS / max(seconds_per_step, 1e-9))
+    k = max(1, min(k, MAX_STEPS, segment))
+    return min(range(k, 0, -1), key=lambda c: segment // c + segment % c)
+
+
+def time_one_step(step_fn: Callable, state, batch, copy: Callable, repeats: int = 3) -> float:
+    """Seconds per step of `step_fn` on a one-step batch: the fastest of `repeats` calls after
+    the first (which compiles), each on a fresh copy of `state`, which is left as it was."""
+    times = []
+    for _ in range(repeats + 1):
+        fresh = jax.block_until_ready(copy(state))
+        start = time.perf_counter()
+        jax.block_until_ready(step_fn(fresh, batch))
+        times.append(time.perf_counter() - start)
+    return min(times[1:])

@@ -1,0 +1,194 @@
+"""The end of each epoch: the lecture's 8x8 grid of 64 fixed-noise samples, the diversity
+monitor that spots a collapsed generator, the loss plot, and every `eval_every` epochs
+SWD and FID.
+
+None of it stalls the device. The grid and the evaluation's samples are dispatched
+at the epoch end, queued behind the training calls; the monitor runs in the loop
+once the grid is ready; the files, plots and evaluations run in a background thread.
+The best diversity so far is part of the run's progress, saved with each checkpoint.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import os
+import queue
+import threading
+import time
+import warnings
+from typing import Callable
+
+import numpy as np
+
+from jax_dcgan import metrics, plots
+from jax_dcgan.config import Config, ModelConfig
+from jax_dcgan.dispatch import Plan
+from jax_dcgan.errors import UserError
+from jax_dcgan.rundir import RunDir
+from jax_dcgan.sample import (draw_noise, generate, generate_images, make_grid,
+                              sampling_generator, save_png)
+from jax_dcgan.writers import ConsoleWriter, History, Writers
+
+FIXED_NOISE = 64  # the lecture's 8x8 grid
+PLOT_SECONDS = 30.0  # the loss plot is drawn at most this often, and at the end
+
+
+class Background:
+    """Tasks run in order in one daemon thread (a stopped run does not wait for them);
+    `check` raises, in the caller's thread, the first exception a task raised."""
+
+    def __init__(self):
+        self.tasks: queue.Queue = queue.Queue()
+        self.failure: BaseException | None = None
+        threading.Thread(target=self._run, daemon=True, name="epoch-end").start()
+
+    def _run(self) -> None:
+        while True:
+            task = self.tasks.get()
+            try:
+                if self.failure is None:
+                    task()
+            except BaseException as e:  # handed to the loop by check()
+                self.failure = e
+            finally:
+                self.tasks.task_done()
+
+    def submit(self, task: Callable[[], None]) -> None:
+        self.tasks.put(task)
+
+    def check(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
+    def wait(self) -> None:
+        self.tasks.join()
+        self.check()
+
+
+class EpochEnd:
+    def __init__(self, run: RunDir, cfg: Config, model: ModelConfig, plan: Plan,
+                 images: np.ndarray, writers: Writers, console: ConsoleWriter, history: History,
+                 best_diversity: float):
+        self.run, self.cfg, self.model, self.plan, self.images = run, cfg, model, plan, images
+        self.writers, self.console, self.history = writers, console, history
+        self.best_diversity = best_diversity
+        self.noise = draw_noise(cfg.latent_dim, FIXED_NOISE, cfg.seed)
+        chosen = np.random.default_rng(0).choice(len(images), min(FIXED_NOISE, len(images)),
+                                                 replace=False)
+        self.reference = float(metrics.diversity(np.asarray(images[np.sort(chosen)])))
+        # (step, epoch, grid, its diversity, samples to evaluate), all still on the device
+        self.pending: collections.deque = collections.deque()
+        self.background = Background()
+        self.started = self.last_plot = time.perf_counter()
+        self.inception: metrics.InceptionFeatures | None = None
+        self.fid = bool(cfg.eval_every)
+        if self.fid:
+            try:
+                metrics.fid_network_path()
+            except UserError as e:
+                warnings.warn(f"FID is skipped during training: {e}")
+                self.fid = False
+
+    def start(self, state, step: int) -> None:
+        """Dispatch the device work of the epoch that ends at `step` (`state` as of then)."""
+        epoch = step // self.plan.steps_per_epoch
+        generator = sampling_generator(state)
+        grid = generate(self.model, generator, self.noise, True)
+        score = metrics.diversity(grid)
+        samples = None
+        if self.cfg.eval_every and epoch % self.cfg.eval_every == 0:
+            samples = generate_images(self.model, generator,
+                                      min(self.cfg.eval_samples, len(self.images)),
+                                      self.cfg.seed, self.cfg.batch_size)
+        self.pending.append((step, epoch, grid, score, samples))
+
+    def collect(self, wait: bool = False) -> None:
+        """Monitor the epochs whose grid is ready (all of them with `wait`) and hand their
+        files, plots and evaluations to the background thread."""
+        self.background.check()
+        while self.pending and (wait or self.pending[0][3].is_ready()):
+            step, epoch, grid, score, samples = self.pending.popleft()
+            grid = np.asarray(grid)
+            self._monitor(step, epoch, float(score))
+            self.background.submit(functools.partial(self._outputs, step, epoch, grid, samples))
+
+    def _monitor(self, step: int, epoch: int, score: float) -> None:
+        """Collapse: diversity falls below a fraction of the data's after having been above it
+        (an untrained generator is not diverse yet, which is not a collapse)."""
+        threshold = metrics.COLLAPSE_RATIO * self.reference
+        collapsed = score < threshold <= self.best_diversity
+        self.best_diversity = max(self.best_diversity, score)
+        self.writers.write_scalars(step, {"epoch": epoch, "diversity": score,
+                                          "diversity_data": self.reference,
+                                          "collapsed": bool(collapsed)})
+        if collapsed:
+            message = (f"Epoch {epoch}: the fixed-noise samples look alike (diversity {score:.3f}"
+                       f", the data's {self.reference:.3f}): the generator may have collapsed.")
+            warnings.warn(message)
+            self.console.message(f"WARNING: {message}")
+        self.console.message(f"Time elapsed: {(time.perf_counter() - self.started) / 60:.2f} min")
+
+    def _outputs(self, step: int, epoch: int, grid: np.ndarray, samples) -> None:
+        picture = make_grid(grid)
+        save_png(picture, os.path.join(self.run.samples, f"epoch_{epoch:03d}.png"))
+        self.writers.write_images(step, {"samples": picture})
+        if time.perf_counter() - self.last_plot >= PLOT_SECONDS:
+            self.plot_losses()
+        if samples is not None:
+            self._evaluate(step, epoch, np.asarray(samples))
+
+    def _evaluate(self, step: int, epoch: int, samples: np.ndarray) -> None:
+        if self.fid and self.inception is None:
+            self.inception = metrics.InceptionFeatures()
+        result = metrics.evaluate(self.images, samples, self.cfg.seed, fid=self.fid,
+                                  inception=self.inception)
+        self.writers.write_scalars(step, {"epoch": epoch, **result})
+        evals = self.history.evaluations()
+        series = {"SWD (x1e3)": ([r["epoch"] for r in evals], [r["swd"] for r in evals])}
+        with_fid = [r for r in evals if "fid" in r]
+        if with_fid:
+            series["FID"] = ([r["epoch"] for r in with_fid], [r["fid"] for r in with_fid])
+        plots.plot_curves(series, self.run.file("quality.png"), "Epoch", "Distance")
+
+    def plot_losses(self) -> None:
+        self.last_plot = time.perf_counter()
+        steps, d_loss, g_loss = self.history.loss_arrays()
+        plots.plot_losses(steps, d_loss, g_loss, self.run.file("losses.png"),
+                          self.plan.steps_per_epoch)
+
+    def rewind(self, best_diversity: float) -> None:
+        """Forget the epochs not yet monitored: the loop goes back to a checkpoint."""
+        self.pending.clear()
+        self.best_diversity = best_diversity
+
+    def __enter__(self) -> "EpochEnd":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        """After a completed run, everything is written and the loss plot is final; a run
+        that stopped early leaves unfinished work (its files are written atomically)."""
+        if exc_type is None:
+            self.collect(wait=True)
+            self.background.submit(self.plot_losses)
+            self.background.wait()
+
+
+class NoEpochEnd:
+    """For processes other than the first, which write nothing."""
+    best_diversity = 0.0
+
+    def start(self, state, step: int) -> None:
+        pass
+
+    def collect(self, wait: bool = False) -> None:
+        pass
+
+    def rewind(self, best_diversity: float) -> None:
+        pass
+
+    def __enter__(self) -> "NoEpochEnd":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass

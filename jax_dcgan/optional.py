@@ -1,0 +1,29 @@
+"""Optional dependencies, imported where they are used, with a message that says how to
+install them."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from jax_dcgan.errors import UserError
+
+
+def import_torch() -> ModuleType:
+    """PyTorch, for .pt files, the reference model, FID and the benchmark."""
+    try:
+        import torch
+    except ImportError:
+        raise UserError(
+            "This needs PyTorch, which is not installed. Install the extra: pip install "
+            "'jax-dcgan[torch]' (on a CPU-only machine first pip install torch "
+            "--index-url https://download.pytorch.org/whl/cpu).") from None
+    return torch
+
+
+def import_tensorboardx() -> ModuleType | None:
+    """tensorboardX, or None where it is not installed (TensorBoard logs are then skipped)."""
+    try:
+        import tensorboardX
+    except ImportError:
+        return None
+    return tensorboardX

@@ -1,0 +1,174 @@
+"""The device check: what docs/BENCHMARKS.md needs from a GPU (or TPU), in one command.
+
+    PYTHONPATH=. python scripts/gpu_check.py               # on the accelerator; writes to $OUT
+    python scripts/gpu_check.py --cpu-smoke --out DIR      # the same code paths, tiny, on a CPU
+
+It runs from the working tree with nothing installed beyond JAX, Flax, optax, orbax
+and PyTorch, and imports no tensorflow-datasets. Each phase is a `jax-dcgan` command
+in its own process, with its own time limit, the most important first; results are
+written as each phase ends and summary.md is rewritten after every phase, so a
+check cut short still leaves what it measured:
+
+  bench_float32.json, bench_bfloat16.json  every bench variant at the lecture's batch 128
+  hlo/<dtype>/                             the compiled one-step programs, with their
+                                           cuDNN/cuBLAS calls counted in the bench JSON
+  layers.json                              each convolution's forward + backward, matmul vs xla
+  train/                                   `jax-dcgan train` for one epoch of synthetic faces
+  summary.md                               the tables for docs/BENCHMARKS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODEL = ["--batch-size", "128"]
+SMOKE = ["--batch-size", "8", "--gen-features", "8", "--dis-features", "8", "--latent-dim", "8",
+         "--image-size", "16"]
+
+
+def phases(smoke: bool, out: str) -> list[tuple[str, list[str], float]]:
+    """(name, jax-dcgan arguments, seconds allowed) in the order they run."""
+    model = SMOKE if smoke else MODEL
+    timing = ["--steps", "3", "--repeats", "2"] if smoke else ["--steps", "50", "--repeats", "5"]
+    cache = ["--cache-dir", os.path.join(out, "cache")]
+    variants = ["--variants", "torch", "torch-compiled", "jax-jit-matmul", "jax-jit-xla",
+                "jax-pmap", "jax-fused-matmul", "jax-fused-xla", "jax-train-loop"]
+    # On a CPU inductor's compile takes ~30 s on 2 cores; its bf16 path is its float32 one
+    # under autocast, so the smoke run compiles it once.
+    bf16_variants = [v for v in variants if not (smoke and v == "torch-compiled")]
+    train = ["train", "--out", os.path.join(out, "train"), "--epochs", "1", "--num-synthetic",
+             "64" if smoke else "20000", "--quiet", *cache, *model]
+    return [
+        ("bench_float32", ["bench", "--json", *model, *timing, "--dtype", "float32", *variants,
+                           "--hlo-dir", os.path.join(out, "hlo", "float32"), *cache], 200),
+        ("bench_bfloat16", ["bench", "--json", *model, *timing, "--dtype", "bfloat16",
+                            *bf16_variants, "--hlo-dir", os.path.join(out, "hlo", "bfloat16"),
+                            *cache], 170),
+        ("layers", ["bench", "--layers", "--json", *model, "--repeats", timing[-1], *cache], 60),
+        ("train", train, 90),
+    ]
+
+
+def run_phase(name: str, args: list[str], limit: float, out: str) -> dict:
+    """Run one phase; its JSON output (bench) or its outcome, saved as <name>.json."""
+    start = time.perf_counter()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get(
+        "PYTHONPATH")]))}
+    try:
+        done = subprocess.run([sys.executable, "-m", "jax_dcgan.cli", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=limit)
+    except subprocess.TimeoutExpired:
+        result = {"error": f"timed out after {limit:.0f} s"}
+    else:
+        with open(os.path.join(out, f"{name}.log"), "w") as f:
+            f.write(done.stdout + done.stderr)
+        result = (json.loads(done.stdout) if done.returncode == 0 and "--json" in args
+                  else {"returncode": done.returncode})
+        if done.returncode:
+            result["error"] = done.stderr.strip().splitlines()[-1:] or ["failed"]
+    result["seconds"] = time.perf_counter() - start
+    if name == "train" and "error" not in result:
+        result.update(train_rate(os.path.join(out, "train")))
+    with open(os.path.join(out, f"{name}.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    return result
+
+
+def train_rate(run: str) -> dict:
+    """Images/s of the training loop after its first 100 steps (compilation and warm-up; in
+    a shorter run, its second half), from the rates in its own metrics, and the choices the
+    loop made."""
+    with open(os.path.join(run, "metrics.jsonl")) as f:
+        records = [r for r in map(json.loads, f) if "g_loss" in r]
+    with open(os.path.join(run, "run.json")) as f:
+        start = json.load(f)["starts"][0]
+    steady = [r for r in records if r["step"] > 100] or records[len(records) // 2:]
+    return {"steps": len(records), "steady_from_step": steady[0]["step"],
+            "steady_images_per_s": len(steady) / sum(1 / r["images_per_s"] for r in steady),
+            "steps_per_dispatch": start["steps_per_dispatch"], "conv_impl": start["conv_impl"],
+            "step_ms_measured": start["step_ms"], "devices": start["devices"]}
+
+
+def bench_table(result: dict) -> list[str]:
+    if "variants" not in result:
+        return [f"not measured: {result.get('error', 'no result')}"]
+    c, flops = result["config"], result["flops_per_step"]
+    lines = [f"{result['device']}; batch {c['batch_size']}, {c['image_size']}x{c['image_size']}, "
+             f"{c['dtype']}, median (min-max) of {c['repeats']} repeats of {c['steps']} steps"
+             + (f"; {flops / 1e9:.3g} GFLOP per step" if flops else ""), "",
+             "| variant | step ms | images/s | vs torch | MFU | compile s | cuDNN/cuBLAS calls |",
+             "|---|---|---|---|---|---|---|"]
+    for r in result["variants"]:
+        if r.get("error") or not r.get("repeats"):
+            lines.append(f"| {r['name']} | {r.get('error') or 'not run'} | | | | | |")
+            continue
+        calls = ", ".join(f"{k.split('$')[-1]} {v}" for k, v in r.get("library_calls", {}).items())
+        ratio = f"{r['ratio_to_torch']:.2f}" if r.get("ratio_to_torch") else "-"
+        mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
+        lines.append(f"| {r['name']} | {r['step_ms_median']:.2f} ({r['step_ms_min']:.2f}-"
+                     f"{r['step_ms_max']:.2f}) | {r['images_per_s']:.0f} | {ratio} | {mfu} | "
+                     f"{r['compile_s']:.1f} | {calls or '-'} |")
+    return lines
+
+
+def summary(results: dict, smoke: bool) -> str:
+    lines = ["# Device check" + (" (CPU smoke run: tiny sizes, not a measurement)" if smoke else ""),
+             "", f"`python scripts/gpu_check.py{' --cpu-smoke' if smoke else ''}`", ""]
+    for dtype in ("float32", "bfloat16"):
+        lines += [f"## Training step, {dtype}", "", *bench_table(results.get(f"bench_{dtype}", {})),
+                  ""]
+    layers = results.get("layers", {})
+    lines += ["## Convolution layers, forward + backward (ms)", ""]
+    if "layers" in layers:
+        lines += ["| layer | input | matmul | xla | xla / matmul |", "|---|---|---|---|---|"]
+        lines += [f"| {r['layer']} | {'x'.join(map(str, r['input']))} | {r['matmul_ms']:.3f} | "
+                  f"{r['xla_ms']:.3f} | {r['xla_over_matmul']:.2f} |" for r in layers["layers"]]
+    else:
+        lines.append(f"not measured: {layers.get('error', 'no result')}")
+    train = results.get("train", {})
+    lines += ["", "## `jax-dcgan train`, one epoch of synthetic faces", ""]
+    if "steady_images_per_s" in train:
+        lines.append(f"{train['steps']} steps, {train['seconds']:.0f} s in all (start, faces "
+                     f"drawn, compilation included); from step {train['steady_from_step']} on "
+                     f"{train['steady_images_per_s']:.0f} images/s; {train['conv_impl']} "
+                     f"convolutions, {train['steps_per_dispatch']} steps per call (one step "
+                     f"measured at {train['step_ms_measured']:.2f} ms)")
+    else:
+        lines.append(f"not measured: {train.get('error', 'no result')}")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cpu-smoke", action="store_true",
+                        help="tiny sizes on a CPU, to check the code paths before a GPU run")
+    parser.add_argument("--out", default=os.environ.get("OUT", "gpu_check_out"),
+                        help="where results go (default: $OUT)")
+    parser.add_argument("--budget", type=float, default=480,
+                        help="seconds for all phases; a phase that would not fit is skipped")
+    args = parser.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    deadline, results = time.monotonic() + args.budget, {}
+    for name, command, limit in phases(args.cpu_smoke, args.out):
+        left = deadline - time.monotonic()
+        if left < 20:
+            results[name] = {"error": "skipped: the time budget was spent"}
+            continue
+        results[name] = run_phase(name, command, min(limit, left), args.out)
+        print(f"{name}: {results[name].get('error') or 'done'} "
+              f"({results[name].get('seconds', 0):.0f} s)", flush=True)
+        with open(os.path.join(args.out, "summary.md"), "w") as f:
+            f.write(summary(results, args.cpu_smoke))
+    print(summary(results, args.cpu_smoke))
+    return 1 if any("error" in r for r in results.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""scripts/gpu_check.py --cpu-smoke: the device check's code paths, before a GPU run uses them."""
+
+import json
+import os
+import subprocess
+import sys
+
+from .helpers import ROOT
+
+
+def test_cpu_smoke_runs_every_phase_without_tfds_or_tensorboardx(tmp_path):
+    # The GPU image has neither tensorflow-datasets nor tensorboardX: importing them fails here too.
+    for package in ("tensorflow_datasets", "tensorboardX"):
+        (tmp_path / "missing" / package).mkdir(parents=True)
+        (tmp_path / "missing" / package / "__init__.py").write_text(
+            f"raise ImportError('{package} is not installed on the GPU image')\n")
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "missing"),
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    done = subprocess.run([sys.executable, "scripts/gpu_check.py", "--cpu-smoke", "--out", out],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    for dtype, count in (("float32", 8), ("bfloat16", 7)):  # bf16 smoke skips torch-compiled
+        bench = json.loads((out / f"bench_{dtype}.json").read_text())
+        assert len(bench["variants"]) == count and bench["config"]["dtype"] == dtype
+        assert all(v["error"] is None and v["repeats"] == 2 for v in bench["variants"])
+        assert bench["flops_per_step"] > 0
+        assert sorted(os.listdir(out / "hlo" / dtype)) == ["jax-jit-matmul.hlo.txt",
+                                                            "jax-jit-xla.hlo.txt"]
+    assert len(json.loads((out / "layers.json").read_text())["layers"]) == 6
+    train = json.loads((out / "train.json").read_text())
+    assert train["steady_images_per_s"] > 0 and train["conv_impl"] == "matmul"
+    assert (out / "train" / "model.pt").exists() and not (out / "train" / "tensorboard").exists()
+    summary = (out / "summary.md").read_text()
+    assert "| torch-compiled |" in summary and "| generator.deconv_8x8 |" in summary
+    assert "not measured" not in summary
