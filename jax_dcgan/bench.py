@@ -6,9 +6,10 @@ timed repeats are interleaved across variants so that drift in the machine's
 speed hits all of them alike; each figure is the median (min, max) over repeats.
 
 Variants:
-  torch              the lecture's eager step
+  torch              the lecture's eager step (its metrics read with .item() every step)
   torch-compiled     what a PyTorch user runs on a GPU: torch.compile'd networks in
-                     channels_last (bf16 autocast with --dtype bfloat16)
+                     channels_last, fused Adam on CUDA, metrics left on the device (bf16
+                     autocast with --dtype bfloat16)
   jax-jit-matmul     one step per call on one device, convolutions as matmuls
   jax-jit-xla        the same with XLA's native convolutions (cuDNN on GPUs)
   jax-pmap           one step per call on every local device (--conv-impl auto)
@@ -42,16 +43,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_dcgan import rundir, runtime
-from jax_dcgan.config import Config
+from jax_dcgan.config import BENCH_VARIANTS, Config
 from jax_dcgan.errors import check_batch_split, summarize
+from jax_dcgan.files import write_text
 from jax_dcgan.parallel import device_sharding, replicate
 from jax_dcgan.step import create_train_state, jit_train_steps, pmap_train_steps
 
-VARIANTS = ("torch", "torch-compiled", "jax-jit-matmul", "jax-jit-xla", "jax-pmap",
-            "jax-fused-matmul", "jax-fused-xla", "jax-train-loop")
+VARIANTS = BENCH_VARIANTS
 # Dense datasheet peaks in TFLOP/s per chip: (bfloat16, float32 as JAX runs it by default:
 # TF32 on NVIDIA GPUs, bfloat16 passes on TPUs). Checked in order, first match wins.
-PEAK_TFLOPS = (("H100 PCIe", (756, 378)), ("H100", (989, 495)), ("H200", (989, 495)),
+PEAK_TFLOPS = (("H100 PCIe", (756, 378)), ("H100 NVL", (835, 418)), ("H100", (989, 495)),
+               ("H200 NVL", (835, 418)), ("H200", (989, 495)),
                ("A100", (312, 156)), ("L4", (121, 60)), ("TPU v4", (275, 275)),
                ("TPU v5 lite", (197, 197)), ("TPU v5", (459, 459)), ("TPU v6 lite", (918, 918)))
 LIBRARY_CALL = re.compile(r'custom_call_target="(__cudnn\$[A-Za-z]+|__cublas\$[A-Za-z$]+)"')
@@ -105,14 +107,18 @@ def torch_variant(cfg: Config, steps: int, compiled: bool) -> Timed:
         model.generator = torch.compile(model.generator)
         model.discriminator = torch.compile(model.discriminator)
         real = real.contiguous(memory_format=torch.channels_last)
-    opt_g, opt_d = make_optimizers(model, cfg.lr_g, cfg.lr_d, (cfg.beta1, cfg.beta2), cfg.eps)
+    # What a PyTorch user runs on a GPU: fused Adam, and no wait for the GPU every step.
+    opt_g, opt_d = make_optimizers(model, cfg.lr_g, cfg.lr_d, (cfg.beta1, cfg.beta2), cfg.eps,
+                                   fused=compiled and device == "cuda")
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
 
     def run():
         with autocast:
             for _ in range(steps):
                 noise = torch.randn(cfg.batch_size, cfg.latent_dim, 1, 1, device=device)
-                train_step(model, opt_g, opt_d, real, noise)  # .item() in it syncs every step
+                train_step(model, opt_g, opt_d, real, noise, item=not compiled)
         if device == "cuda":
             torch.cuda.synchronize()
 
@@ -191,19 +197,18 @@ def fused_variant(cfg: Config, steps: int, impl: str, calls: int = 4) -> Timed:
 def train_loop_variant(cfg: Config, steps: int, epochs: int) -> Timed:
     """`jax-dcgan train` with default loop flags on epochs of `steps` steps; each repeat is a
     new run, timed from its first epoch end on, from the rates in its metrics."""
-    from jax_dcgan.plots import read_metrics
+    from jax_dcgan.plots import read_metrics, steady_images_per_s
     from jax_dcgan.train import train
 
-    cache = tempfile.mkdtemp(prefix="jax-dcgan-bench-")
+    cache = tempfile.TemporaryDirectory(prefix="jax-dcgan-bench-")  # removed with `measure`
     run_cfg = cfg.replace(dataset="synthetic", num_synthetic=cfg.batch_size * steps,
-                          epochs=epochs, steps=0, cache_dir=cache)
+                          epochs=epochs, steps=0)
 
     def measure():
         with tempfile.TemporaryDirectory() as tmp:
-            train(run_cfg, f"{tmp}/run", quiet=True)
+            train(run_cfg.replace(cache_dir=cache.name), f"{tmp}/run", quiet=True)
             records = read_metrics(f"{tmp}/run/metrics.jsonl")
-        steady = [r for r in records if r["epoch"] > 1]
-        return sum(1 / r["images_per_s"] for r in steady) * cfg.batch_size / len(steady)
+        return cfg.batch_size / steady_images_per_s(records, steps + 1)
 
     start = time.perf_counter()
     first = measure()
@@ -238,14 +243,16 @@ def peak_flops(device, dtype: str) -> float | None:
 
 def default_variants(platform_name: str) -> tuple[str, ...]:
     """All variants but, on CPUs, jax-fused-xla: XLA's CPU backend runs native convolutions
-    inside `lax.scan` 20-40x slower (docs/BENCHMARKS.md); name it to run it anyway."""
+    inside `lax.scan` about 20x slower (docs/BENCHMARKS.md); name it to run it anyway."""
     return tuple(v for v in VARIANTS if not (platform_name == "cpu" and v == "jax-fused-xla"))
 
 
 def run(cfg: Config, steps: int, repeats: int, variants: tuple[str, ...], devices: int,
-        loop_epochs: int = 3, hlo_dir: str | None = None) -> dict:
-    """Build the variants, time them interleaved, and summarise; with `hlo_dir`, also write
-    the compiled one-step programs of the jit variants there."""
+        loop_epochs: int = 3, hlo_dir: str | None = None,
+        snapshot: Callable[[dict], None] | None = None) -> dict:
+    """Build the variants, time them interleaved, and summarise. With `hlo_dir`, also write
+    the jit variants' compiled one-step programs there; `snapshot` gets the summary so far
+    after each variant is built and after each round of repeats (a run cut short keeps it)."""
     local = jax.local_devices()
     devices_used = local[:devices or len(local)]
     check_batch_split(cfg.batch_size, len(devices_used))
@@ -261,16 +268,20 @@ def run(cfg: Config, steps: int, repeats: int, variants: tuple[str, ...], device
         "jax-fused-matmul": lambda: fused_variant(cfg, steps, "matmul"),
         "jax-fused-xla": lambda: fused_variant(cfg, steps, "xla"),
         "jax-train-loop": lambda: train_loop_variant(cfg, steps, loop_epochs)}
-    timed = [builders[v]() for v in VARIANTS if v in variants]
-    for t in timed:
-        if hlo_dir and "hlo" in t.extra:
+    snapshot = snapshot or (lambda result: None)
+    timed: list[Timed] = []
+    for name in (v for v in VARIANTS if v in variants):
+        timed.append(builders[name]())
+        if hlo_dir and "hlo" in timed[-1].extra:
             os.makedirs(hlo_dir, exist_ok=True)
-            with open(os.path.join(hlo_dir, f"{t.name}.hlo.txt"), "w") as f:
-                f.write(t.extra["hlo"])
+            with open(os.path.join(hlo_dir, f"{timed[-1].name}.hlo.txt"), "w") as f:
+                f.write(timed[-1].extra["hlo"])
+        snapshot(summarize_runs(cfg, steps, repeats, timed, devices_used))
     for _ in range(repeats):  # interleaved
         for t in timed:
             if t.measure and len(t.times) < repeats:
                 t.times.append(t.measure())
+        snapshot(summarize_runs(cfg, steps, repeats, timed, devices_used))
     return summarize_runs(cfg, steps, repeats, timed, devices_used)
 
 
@@ -427,13 +438,20 @@ def format_layers(rows: list[dict]) -> str:
 
 def main(cfg: Config, steps: int, repeats: int, variants: tuple[str, ...] | None,
          as_json: bool, layers: bool = False, hlo_dir: str | None = None,
-         loop_epochs: int = 3) -> None:
+         loop_epochs: int = 3, json_out: str | None = None) -> None:
+    """Print the table or JSON; with `json_out`, also keep the JSON there, rewritten as
+    results come in."""
+    def save(result: dict) -> None:
+        if json_out:
+            write_text(json_out, json.dumps(result, indent=2))
+
     if layers:
-        rows = layer_times(cfg, repeats)
-        print(json.dumps({"device": describe_device(jax.local_devices()[:1]),
-                          "config": cfg.to_dict(), "layers": rows}, indent=2)
-              if as_json else format_layers(rows))
+        result = {"device": describe_device(jax.local_devices()[:1]), "config": cfg.to_dict(),
+                  "layers": layer_times(cfg, repeats)}
+        save(result)
+        print(json.dumps(result, indent=2) if as_json else format_layers(result["layers"]))
         return
     variants = variants or default_variants(jax.default_backend())
-    result = run(cfg, steps, repeats, variants, cfg.devices, loop_epochs, hlo_dir)
+    result = run(cfg, steps, repeats, variants, cfg.devices, loop_epochs, hlo_dir, save)
+    save(result)
     print(json.dumps(result, indent=2) if as_json else format_table(result))

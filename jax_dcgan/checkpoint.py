@@ -104,7 +104,11 @@ class Checkpoints:
                 "space or fix the permissions, then continue with --resume.") from None
 
     def close(self) -> None:
-        self._manager.close()
+        """Finish the saves under way (reporting a failure as `wait` does), then release."""
+        try:
+            self.wait()
+        finally:
+            self._manager.close()
 
 
 def _unreadable(path: str, reason: str) -> UserError:

@@ -14,14 +14,12 @@ import os
 import sys
 
 from jax_dcgan import __version__, runtime
-from jax_dcgan.config import PRESETS, Config, flag, preset, read_config_file
+from jax_dcgan.config import (BENCH_VARIANTS, PRESETS, Config, flag, preset,
+                              read_config_file)
 from jax_dcgan.errors import TrainingStopped, UserError
 
-# Defined here rather than in bench.py so that building the parser imports no JAX.
-BENCH_VARIANTS = ("torch", "torch-compiled", "jax-jit-matmul", "jax-jit-xla", "jax-pmap",
-                  "jax-fused-matmul", "jax-fused-xla", "jax-train-loop")
 # Subcommands that run XLA at length, for which the process restarts with huge pages.
-HEAVY_COMMANDS = ("train", "bench", "eval", "parity")
+HEAVY_COMMANDS = ("train", "bench", "eval")
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None,
@@ -182,7 +180,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
                         "not timed.")
     bench.main(config_from_args(args), args.steps, args.repeats,
                tuple(args.variants) if args.variants else None, args.json, args.layers,
-               args.hlo_dir, args.loop_epochs)
+               args.hlo_dir, args.loop_epochs, args.json_out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -220,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time each convolution layer's forward + backward pass, matmul vs xla")
     p.add_argument("--hlo-dir", metavar="DIR", help="write the jit variants' compiled programs")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--json-out", metavar="FILE",
+                   help="also write the JSON object to FILE, rewritten as results come in")
     _add_config_flags(p, only=("batch_size", "gen_features", "dis_features", "latent_dim",
                                "image_size", "dtype", "devices", "seed", "compilation_cache",
                                "cache_dir"), with_preset=False)

@@ -13,7 +13,7 @@ import math
 import os
 from typing import Any
 
-from jax_dcgan.errors import UserError
+from jax_dcgan.errors import UserError, summarize
 
 
 def _field(default: Any, help: str, **choices: Any) -> Any:
@@ -21,6 +21,10 @@ def _field(default: Any, help: str, **choices: Any) -> Any:
 
 
 CONV_IMPLS = ("auto", "matmul", "xla")
+# The variants of `jax-dcgan bench` (bench.py), named here so that the command line's help
+# needs no JAX.
+BENCH_VARIANTS = ("torch", "torch-compiled", "jax-jit-matmul", "jax-jit-xla", "jax-pmap",
+                  "jax-fused-matmul", "jax-fused-xla", "jax-train-loop")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,7 +215,7 @@ def read_config_file(path: str) -> dict[str, Any]:
         try:
             values = yaml.safe_load(text)
         except yaml.YAMLError as e:
-            raise UserError(f"{path!r} is not valid YAML ({str(e).splitlines()[0]}).") from None
+            raise UserError(f"{path!r} is not valid YAML ({summarize(e)}).") from None
     else:
         try:
             values = json.loads(text)

@@ -15,6 +15,7 @@ millisecond or two).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import time
@@ -62,15 +63,21 @@ class Plan:
         aligned = (step - self.segment_start(step)) % k == 0
         return Dispatch(step, k if aligned and step + k <= self.segment_end(step) else 1)
 
+    def segments(self) -> collections.Counter:
+        """How many segments of each length the run has (whatever K is)."""
+        lengths, step = collections.Counter(), 0
+        while step < self.total_steps:
+            end = self.segment_end(step)
+            lengths[end - step] += 1
+            step = end
+        return lengths
+
     def dispatches(self, start: int) -> Iterator[Dispatch]:
         step = start
         while step < self.total_steps:
             dispatch = self.next(step)
             yield dispatch
             step = dispatch.end
-
-    def epoch_of(self, step: int) -> int:
-        return step // self.steps_per_epoch
 
     @property
     def epochs(self) -> int:
@@ -91,13 +98,14 @@ class Plan:
         return dispatch.end // every > dispatch.step // every
 
 
-def choose_steps_per_dispatch(seconds_per_step: float, segment: int) -> int:
-    """K: at most the steps of about TARGET_SECONDS and at most one `segment` (the usual
-    distance between epoch ends and checkpoints); of those, the K that runs a segment in the
-    fewest calls (larger K on a tie), e.g. 2 x 25 rather than 42 + 8 x 1 for 50 steps."""
+def choose_steps_per_dispatch(seconds_per_step: float, segments: collections.Counter) -> int:
+    """K: at most the steps of about TARGET_SECONDS and at most the longest segment; of those,
+    the K that runs the run's segments in the fewest calls (larger K on a tie), e.g. 2 x 25
+    rather than 42 + 8 x 1 for epochs of 50 steps."""
     k = round(TARGET_SECONDS / max(seconds_per_step, 1e-9))
-    k = max(1, min(k, MAX_STEPS, segment))
-    return min(range(k, 0, -1), key=lambda c: segment // c + segment % c)
+    k = max(1, min(k, MAX_STEPS, max(segments)))
+    return min(range(k, 0, -1), key=lambda c: sum(
+        count * (length // c + length % c) for length, count in segments.items()))
 
 
 def time_one_step(step_fn: Callable, state, batch, copy: Callable, repeats: int = 3) -> float:

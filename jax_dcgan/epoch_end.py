@@ -24,7 +24,7 @@ import numpy as np
 from jax_dcgan import metrics, plots
 from jax_dcgan.config import Config, ModelConfig
 from jax_dcgan.dispatch import Plan
-from jax_dcgan.errors import UserError
+from jax_dcgan.errors import TrainingStopped, UserError
 from jax_dcgan.rundir import RunDir
 from jax_dcgan.sample import (draw_noise, generate, generate_images, make_grid,
                               sampling_generator, save_png)
@@ -32,38 +32,47 @@ from jax_dcgan.writers import ConsoleWriter, History, Writers
 
 FIXED_NOISE = 64  # the lecture's 8x8 grid
 PLOT_SECONDS = 30.0  # the loss plot is drawn at most this often, and at the end
+STOP_WAIT_SECONDS = 60.0  # a stopped run waits this long for the epoch outputs under way
 
 
 class Background:
-    """Tasks run in order in one daemon thread (a stopped run does not wait for them);
-    `check` raises, in the caller's thread, the first exception a task raised."""
+    """Tasks run in order in one daemon thread (a process may exit while one runs; its files
+    are written atomically); `check` raises, in the caller's thread, the first exception a
+    task raised."""
 
     def __init__(self):
         self.tasks: queue.Queue = queue.Queue()
         self.failure: BaseException | None = None
+        self.unfinished, self.idle = 0, threading.Condition()
         threading.Thread(target=self._run, daemon=True, name="epoch-end").start()
 
     def _run(self) -> None:
-        while True:
-            task = self.tasks.get()
+        while (task := self.tasks.get()) is not None:
             try:
                 if self.failure is None:
                     task()
             except BaseException as e:  # handed to the loop by check()
                 self.failure = e
-            finally:
-                self.tasks.task_done()
+            with self.idle:
+                self.unfinished -= 1
+                self.idle.notify_all()
 
     def submit(self, task: Callable[[], None]) -> None:
+        with self.idle:
+            self.unfinished += 1
         self.tasks.put(task)
 
     def check(self) -> None:
         if self.failure is not None:
             raise self.failure
 
-    def wait(self) -> None:
-        self.tasks.join()
-        self.check()
+    def wait(self, timeout: float | None = None) -> bool:
+        """Whether every task submitted so far finished within `timeout` seconds."""
+        with self.idle:
+            return self.idle.wait_for(lambda: self.unfinished == 0, timeout)
+
+    def close(self) -> None:
+        self.tasks.put(None)
 
 
 class EpochEnd:
@@ -143,7 +152,10 @@ class EpochEnd:
             self.inception = metrics.InceptionFeatures()
         result = metrics.evaluate(self.images, samples, self.cfg.seed, fid=self.fid,
                                   inception=self.inception)
-        self.writers.write_scalars(step, {"epoch": epoch, **result})
+        # The monitor's own record has this epoch's diversity; this one has the distances.
+        self.writers.write_scalars(step, {
+            "epoch": epoch, "swd": result["swd"], "swd_levels": result["swd_levels"],
+            **({"fid": result["fid"]} if "fid" in result else {}), "eval_samples": result["num"]})
         evals = self.history.evaluations()
         series = {"SWD (x1e3)": ([r["epoch"] for r in evals], [r["swd"] for r in evals])}
         with_fid = [r for r in evals if "fid" in r]
@@ -158,20 +170,28 @@ class EpochEnd:
                           self.plan.steps_per_epoch)
 
     def rewind(self, best_diversity: float) -> None:
-        """Forget the epochs not yet monitored: the loop goes back to a checkpoint."""
+        """Forget the epochs not yet monitored, and let the outputs under way finish (before
+        the writers drop what came after the checkpoint): the loop goes back to it."""
         self.pending.clear()
+        self.background.wait()
+        self.background.check()
         self.best_diversity = best_diversity
 
     def __enter__(self) -> "EpochEnd":
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
-        """After a completed run, everything is written and the loss plot is final; a run
-        that stopped early leaves unfinished work (its files are written atomically)."""
+        """After a completed run everything is written and the loss plot is final; a run that
+        stopped (a signal, diverged losses) gives the outputs under way a minute; one that
+        failed, or a second Ctrl-C, leaves them."""
         if exc_type is None:
             self.collect(wait=True)
             self.background.submit(self.plot_losses)
             self.background.wait()
+            self.background.check()
+        elif issubclass(exc_type, TrainingStopped):
+            self.background.wait(STOP_WAIT_SECONDS)
+        self.background.close()
 
 
 class NoEpochEnd:

@@ -40,7 +40,7 @@ class Batches:
                  layout: Layout, resident: bool):
         self.images, self.batch_size, self.seed = images, batch_size, seed
         self.steps_per_epoch, self.layout, self.resident = steps_per_epoch, layout, resident
-        self._order_epoch, self._order = -1, None
+        self._order: tuple[int, np.ndarray] = (-1, np.zeros(0, np.int64))  # (epoch, order)
         if resident:
             sharding = layout.batch_sharding
             everywhere = (jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
@@ -50,11 +50,12 @@ class Batches:
 
     def indices(self, step: int, count: int) -> np.ndarray:
         epoch, start = divmod(step, self.steps_per_epoch)
-        if epoch != self._order_epoch:
-            self._order_epoch = epoch
-            self._order = data.epoch_order(self.seed, epoch, len(self.images))
+        cached, order = self._order
+        if cached != epoch:
+            order = data.epoch_order(self.seed, epoch, len(self.images))
+            self._order = (epoch, order)
         b, processes, p = self.batch_size, jax.process_count(), jax.process_index()
-        idx = self._order[start * b:(start + count) * b].reshape(count, b).astype(np.int32)
+        idx = order[start * b:(start + count) * b].reshape(count, b).astype(np.int32)
         idx = idx[:, p * b // processes:(p + 1) * b // processes]
         if not self.layout.parallel:
             return idx
@@ -82,8 +83,9 @@ class Feed:
     def _start(self, step: int) -> None:
         self._queue: queue.Queue = queue.Queue(self.depth)
         self._stop = threading.Event()
-        threading.Thread(target=self._fill, args=(step, self._queue, self._stop),
-                         daemon=True).start()
+        self._thread = threading.Thread(target=self._fill, args=(step, self._queue, self._stop),
+                                        daemon=True)
+        self._thread.start()
 
     def _fill(self, step: int, out: queue.Queue, stop: threading.Event) -> None:
         try:
@@ -107,11 +109,19 @@ class Feed:
         return item
 
     def restart(self, step: int) -> None:
-        self._stop.set()
+        self.close()
         self._start(step)
 
     def close(self) -> None:
+        """Stop preparing batches; returns once the thread has (it shares `batches`)."""
         self._stop.set()
+        self._thread.join()
+
+    def __enter__(self) -> "Feed":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _put(out: queue.Queue, item, stop: threading.Event) -> bool:

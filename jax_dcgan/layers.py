@@ -188,8 +188,10 @@ def _backward_data(dy: jax.Array, kernel: jax.Array, stride: int, padding: int, 
 
 def _backward_filter(dy: jax.Array, x: jax.Array, stride: int, padding: int, spec: str,
                      kernel_shape: tuple[int, ...]) -> jax.Array:
-    """The transpose of `_forward` in its kernel: a convolution of `x` with `dy` dilated by
-    the stride, the form cuDNN's backward-filter kernel takes."""
+    """The kernel gradient of `_forward(x, kernel)` for the output gradient `dy`: a
+    convolution of `x` with `dy` dilated by the stride, the form cuDNN's backward-filter
+    kernel takes. (A transposed convolution is `_forward`'s transpose, so its kernel gradient
+    is this with the two roles swapped: its output gradient as `x`, its input as `dy`.)"""
     forward = functools.partial(_forward, x, stride=stride, padding=padding, spec=spec)
     return jax.linear_transpose(forward, jax.ShapeDtypeStruct(kernel_shape, dy.dtype))(dy)[0]
 

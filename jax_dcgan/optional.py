@@ -21,9 +21,10 @@ def import_torch() -> ModuleType:
 
 
 def import_tensorboardx() -> ModuleType | None:
-    """tensorboardX, or None where it is not installed (TensorBoard logs are then skipped)."""
+    """tensorboardX, or None where it is not installed or does not import (e.g. against
+    another protobuf): TensorBoard logs are then skipped."""
     try:
         import tensorboardX
-    except ImportError:
+    except Exception:  # ImportError, or TypeError from a protobuf it was not built for
         return None
     return tensorboardX

@@ -35,6 +35,13 @@ def read_records(path: str) -> list[dict]:
     return records
 
 
+def steady_images_per_s(records: list[dict], first_step: int) -> float:
+    """The training rate over the step records from `first_step` on (e.g. after compilation),
+    from the rates the loop wrote: each record has the rate of the fetch that returned it."""
+    steady = [r for r in records if r["step"] >= first_step]
+    return len(steady) / sum(1 / r["images_per_s"] for r in steady)
+
+
 def running_average(values: np.ndarray, window: int) -> np.ndarray:
     """Mean of the last `window` values at each point (fewer at the start)."""
     sums = np.cumsum(np.insert(values, 0, 0.0))

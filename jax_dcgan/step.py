@@ -106,8 +106,9 @@ def _bce(logits: jax.Array, target: jax.Array | float) -> jax.Array:
 
 
 def train_step(state: TrainState, images: jax.Array, *, cfg: Config,
-               axis_name: str | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One D update then one G update on this device's share of the global batch."""
+               axis_name: str | None = None) -> tuple[TrainState, jax.Array]:
+    """One D update then one G update on this device's share of the global batch; metrics
+    (len(METRICS),), averaged over devices."""
     gen, dis = Generator(cfg.model, axis_name), Discriminator(cfg.model, axis_name)
     tx_g, tx_d = optimizers(cfg)
     dtype = DTYPES[cfg.dtype]
@@ -182,7 +183,7 @@ def train_steps(state: TrainState, batches: jax.Array, *, cfg: Config,
     """len(batches) steps in one device call; metrics (steps, len(METRICS)).
 
     A single step runs without `lax.scan`: XLA's CPU backend compiles native
-    convolutions inside a loop body 20-40x slower than outside one (docs/BENCHMARKS.md).
+    convolutions inside a loop body about 20x slower than outside one (docs/BENCHMARKS.md).
     """
     step = functools.partial(train_step, cfg=cfg, axis_name=axis_name)
     if batches.shape[0] == 1:

@@ -10,6 +10,7 @@ functions of the global step, and the steps per call are kept with each checkpoi
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import time
@@ -54,11 +55,11 @@ def train(cfg: Config, out: str, resume: bool = False, quiet: bool = False) -> T
     resident = layout.processes == 1 and ({"yes": True, "no": False}.get(cfg.data_on_device)
                                           or fits_on_device(images.nbytes, layout.devices[0]))
     batches = Batches(images, cfg.batch_size, cfg.seed, steps_per_epoch, layout, resident)
-    total_steps = cfg.steps or cfg.epochs * steps_per_epoch
+    plan = Plan(steps_per_epoch, cfg.steps or cfg.epochs * steps_per_epoch,
+                cfg.checkpoint_every, steps_per_dispatch=1)
     state = layout.put(state)
-    k, step_ms = steps_per_dispatch(cfg, progress, layout, step_fn, state, batches,
-                                    min(start, total_steps - 1))
-    plan = Plan(steps_per_epoch, total_steps, cfg.checkpoint_every, k)
+    k, step_ms = steps_per_dispatch(cfg, progress, layout, plan, step_fn, state, batches, start)
+    plan = dataclasses.replace(plan, steps_per_dispatch=k)
     progress.update(steps_per_dispatch=k, platform=layout.platform,
                     device_count=layout.device_count)
     if primary:
@@ -66,7 +67,7 @@ def train(cfg: Config, out: str, resume: bool = False, quiet: bool = False) -> T
                                   "steps_per_dispatch": k, "step_ms": step_ms,
                                   "data_on_device": resident, **rundir.environment(layout.devices)})
     if not quiet:
-        print(f"jax-dcgan: steps {start}..{total_steps} of {steps_per_epoch} batches of "
+        print(f"jax-dcgan: steps {start}..{plan.total_steps} of {steps_per_epoch} batches of "
               f"{cfg.batch_size} per epoch ({len(images)} images, "
               f"{'on device' if resident else 'streamed'}) on {layout.device_count} "
               f"{layout.platform} device(s), {layout.processes} process(es); "
@@ -78,7 +79,7 @@ def train(cfg: Config, out: str, resume: bool = False, quiet: bool = False) -> T
                           progress.get("best_diversity", 0.0)) if primary else NoEpochEnd())
     feed, pending = Feed(plan, batches, start), PendingMetrics(cfg.batch_size)
     signals, rollbacks, last_save = StopSignals(), 0, time.monotonic()
-    with _reporting_write_errors(run, checkpoints), writers, epoch_end, signals:
+    with _reporting_file_errors(run, checkpoints), writers, epoch_end, signals, feed:
         for dispatch, batch in feed:
             state, metrics = step_fn(state, batch)
             pending.add(dispatch, metrics)
@@ -100,7 +101,6 @@ def train(cfg: Config, out: str, resume: bool = False, quiet: bool = False) -> T
                 last_save = time.monotonic()
             if stop:
                 raise interrupted(signals.received, checkpoints)
-    checkpoints.wait()
     state = layout.local(state)
     if primary:
         export_torch(state, cfg.model, run.file("model.pt"), quiet)
@@ -129,20 +129,20 @@ def initial_state(cfg: Config, checkpoints: checkpoint.Checkpoints, layout: Layo
     return create_train_state(cfg), {}
 
 
-def steps_per_dispatch(cfg: Config, progress: dict, layout: Layout, step_fn, state,
-                       batches: Batches, step: int) -> tuple[int, float | None]:
-    """(K, measured ms per step or None): the flag if given (at most one segment: calls end at
-    epoch ends and checkpoint steps), else the choice this run made before on the same
-    devices (for an exact resume), else one measured now."""
-    segment = min(batches.steps_per_epoch, cfg.checkpoint_every or batches.steps_per_epoch)
+def steps_per_dispatch(cfg: Config, progress: dict, layout: Layout, plan: Plan, step_fn,
+                       state, batches: Batches, start: int) -> tuple[int, float | None]:
+    """(K, measured ms per step or None): the flag if given, else the choice this run made
+    before on the same devices (for an exact resume), else one measured now; at most the
+    longest segment, since calls end at epoch ends and checkpoint steps."""
+    longest = max(plan.segments())
     if cfg.steps_per_dispatch:
-        return min(cfg.steps_per_dispatch, segment), None
+        return min(cfg.steps_per_dispatch, longest), None
     if (progress.get("platform"), progress.get("device_count")) == (layout.platform,
                                                                     layout.device_count):
-        return progress["steps_per_dispatch"], None
-    seconds = time_one_step(step_fn, state, batches.get(step, 1),
+        return min(progress["steps_per_dispatch"], longest), None
+    seconds = time_one_step(step_fn, state, batches.get(min(start, plan.total_steps - 1), 1),
                             lambda s: jax.tree.map(jax.numpy.copy, s))
-    return distributed.agree(choose_steps_per_dispatch(seconds, segment)), 1e3 * seconds
+    return distributed.agree(choose_steps_per_dispatch(seconds, plan.segments())), 1e3 * seconds
 
 
 def decide(plan: Plan, dispatch: Dispatch, cfg: Config, last_save: float,
@@ -222,9 +222,9 @@ def roll_back(diverged: tuple[int, dict], rollbacks: int, cfg: Config,
                        "(perhaps with lower learning rates), or use --on-nonfinite rollback.")
     state, _, progress = checkpoints.restore(last, sharding=layout.restore_sharding())
     state = state.replace(rng=jax.random.fold_in(state.rng, 1_000_003 * rollbacks))
+    epoch_end.rewind(progress.get("best_diversity", 0.0))  # first: it may still be writing
     writers.rewind(last)
     writers.write_scalars(last, {"rollback": rollbacks, "reason": message})
-    epoch_end.rewind(progress.get("best_diversity", 0.0))
     pending.clear()
     feed.restart(last)
     warnings.warn(f"{message} Rolled back to step {last} with a new noise stream "
@@ -264,19 +264,20 @@ class StopSignals:
 
 
 @contextlib.contextmanager
-def _reporting_write_errors(run: rundir.RunDir, checkpoints: checkpoint.Checkpoints):
-    """Metrics, grids or plots that cannot be written end the run with a UserError that names
-    the intact checkpoints; the checkpoints' own errors say so already."""
+def _reporting_file_errors(run: rundir.RunDir, checkpoints: checkpoint.Checkpoints):
+    """A file that cannot be written (metrics, grids, plots) or read (the dataset cache) ends
+    the run with a UserError that names the intact checkpoints (the checkpoints' own errors
+    say so already); the checkpoints are finished and closed either way."""
     try:
         yield
     except OSError as e:
         checkpoints.wait()
-        raise UserError(f"Could not write to {run.path} ({e}). Checkpoints up to step "
+        raise UserError(f"A file operation failed ({e}). Checkpoints up to step "
                         f"{checkpoints.latest_step()} are intact in {checkpoints.directory}; "
-                        "free space or fix the permissions, then continue with --resume.") \
-            from None
+                        f"free space or fix the permissions under {run.path} or of the dataset "
+                        "cache, then continue with --resume.") from None
     finally:
-        checkpoints.wait()
+        checkpoints.close()
 
 
 def export_torch(state: TrainState, model, path: str, quiet: bool) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import numbers
+import os
 import threading
 import warnings
 from typing import Any, Mapping
@@ -105,11 +106,16 @@ class TensorBoardWriter(MetricWriter):
 
     def __init__(self, logdir: str, start: int, every: int):
         self.tensorboardx, self.logdir, self.every = import_tensorboardx(), logdir, every
+        self.opened = 0
         self._open(start)
 
     def _open(self, start: int) -> None:
-        # purge_step makes TensorBoard drop what an earlier process wrote from `start` on.
-        self.writer = self.tensorboardx.SummaryWriter(self.logdir, purge_step=start or None)
+        # purge_step makes TensorBoard drop what an earlier process (or the run before a
+        # rollback) wrote after `start`; a suffix of its own keeps a new event file from
+        # replacing one opened in the same second.
+        self.opened += 1
+        self.writer = self.tensorboardx.SummaryWriter(
+            self.logdir, purge_step=start + 1, filename_suffix=f".{os.getpid()}.{self.opened}")
         self.sums: dict[str, float] = {}
         self.count, self.last = 0, start
 
@@ -162,7 +168,7 @@ class History(MetricWriter):
             if "g_loss" in scalars:
                 self.losses.append((step, scalars["d_loss"], scalars["g_loss"]))
             elif "swd" in scalars:
-                self.evals.append(dict(scalars))
+                self.evals.append({"step": step, **scalars})
 
     def rewind(self, step):
         with self.lock:
@@ -181,30 +187,29 @@ class History(MetricWriter):
 
 
 class Writers(MetricWriter):
-    """Several writers as one, safe to call from two threads."""
+    """Several writers as one, safe to call from the loop and the background thread: each
+    writer has its own lock, so that one thread writing a sample grid to TensorBoard does
+    not hold up the other's metrics.jsonl line."""
 
     def __init__(self, *writers: MetricWriter):
-        self.writers, self.lock = writers, threading.Lock()
+        self.writers = [(w, threading.Lock()) for w in writers]
+
+    def _each(self, method: str, *args) -> None:
+        for writer, lock in self.writers:
+            with lock:
+                getattr(writer, method)(*args)
 
     def write_scalars(self, step, scalars):
-        with self.lock:
-            for w in self.writers:
-                w.write_scalars(step, scalars)
+        self._each("write_scalars", step, scalars)
 
     def write_images(self, step, images):
-        with self.lock:
-            for w in self.writers:
-                w.write_images(step, images)
+        self._each("write_images", step, images)
 
     def rewind(self, step):
-        with self.lock:
-            for w in self.writers:
-                w.rewind(step)
+        self._each("rewind", step)
 
     def close(self):
-        with self.lock:
-            for w in self.writers:
-                w.close()
+        self._each("close")
 
     def __enter__(self) -> "Writers":
         return self

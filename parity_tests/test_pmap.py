@@ -19,7 +19,7 @@ DEVICES = 4
 
 
 # One step per call runs outside lax.scan, several inside it; xla's several-step case uses the
-# small widths, since XLA's CPU backend runs native convolutions in a loop body 20-40x slower.
+# small widths, since XLA's CPU backend runs native convolutions in a loop body ~20x slower.
 @pytest.mark.parametrize("base,impl,steps_per_call", [
     (SEED_CFG, "matmul", 1), (SEED_CFG, "matmul", 2), (SEED_CFG, "xla", 1), (SMALL_CFG, "xla", 2)],
     ids=["lecture-matmul-1", "lecture-matmul-2", "lecture-xla-1", "small-xla-2"])

@@ -3,8 +3,9 @@
     PYTHONPATH=. python scripts/gpu_check.py               # on the accelerator; writes to $OUT
     python scripts/gpu_check.py --cpu-smoke --out DIR      # the same code paths, tiny, on a CPU
 
-It runs from the working tree with nothing installed beyond JAX, Flax, optax, orbax
-and PyTorch, and imports no tensorflow-datasets. Each phase is a `jax-dcgan` command
+It runs from the working tree with no install, on an image with JAX, Flax, optax,
+orbax, PyTorch, NumPy, Pillow, matplotlib and tqdm; it imports neither
+tensorflow-datasets nor tensorboardX (TensorBoard logs are then skipped). Each phase is a `jax-dcgan` command
 in its own process, with its own time limit, the most important first; results are
 written as each phase ends and summary.md is rewritten after every phase, so a
 check cut short still leaves what it measured:
@@ -27,6 +28,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from jax_dcgan.config import BENCH_VARIANTS  # noqa: E402 (imports no JAX)
 MODEL = ["--batch-size", "128"]
 SMOKE = ["--batch-size", "8", "--gen-features", "8", "--dis-features", "8", "--latent-dim", "8",
          "--image-size", "16"]
@@ -37,60 +40,67 @@ def phases(smoke: bool, out: str) -> list[tuple[str, list[str], float]]:
     model = SMOKE if smoke else MODEL
     timing = ["--steps", "3", "--repeats", "2"] if smoke else ["--steps", "50", "--repeats", "5"]
     cache = ["--cache-dir", os.path.join(out, "cache")]
-    variants = ["--variants", "torch", "torch-compiled", "jax-jit-matmul", "jax-jit-xla",
-                "jax-pmap", "jax-fused-matmul", "jax-fused-xla", "jax-train-loop"]
+    variants = ["--variants", *BENCH_VARIANTS]
     # On a CPU inductor's compile takes ~30 s on 2 cores; its bf16 path is its float32 one
     # under autocast, so the smoke run compiles it once.
     bf16_variants = [v for v in variants if not (smoke and v == "torch-compiled")]
-    train = ["train", "--out", os.path.join(out, "train"), "--epochs", "1", "--num-synthetic",
-             "64" if smoke else "20000", "--quiet", *cache, *model]
+
+    def bench(name: str, *args: str) -> list[str]:
+        return ["bench", *model, *args, "--json-out", os.path.join(out, f"{name}.json"), *cache]
+
     return [
-        ("bench_float32", ["bench", "--json", *model, *timing, "--dtype", "float32", *variants,
-                           "--hlo-dir", os.path.join(out, "hlo", "float32"), *cache], 200),
-        ("bench_bfloat16", ["bench", "--json", *model, *timing, "--dtype", "bfloat16",
-                            *bf16_variants, "--hlo-dir", os.path.join(out, "hlo", "bfloat16"),
-                            *cache], 170),
-        ("layers", ["bench", "--layers", "--json", *model, "--repeats", timing[-1], *cache], 60),
-        ("train", train, 90),
+        ("bench_float32", bench("bench_float32", *timing, "--dtype", "float32", *variants,
+                                "--hlo-dir", os.path.join(out, "hlo", "float32")), 220),
+        ("bench_bfloat16", bench("bench_bfloat16", *timing, "--dtype", "bfloat16",
+                                 *bf16_variants, "--hlo-dir", os.path.join(out, "hlo", "bfloat16")),
+         150),
+        ("layers", bench("layers", "--layers", "--repeats", timing[-1]), 45),
+        ("train", ["train", "--out", os.path.join(out, "train"), "--epochs", "1",
+                   "--num-synthetic", "64" if smoke else "20000", "--quiet", *cache, *model], 60),
     ]
 
 
 def run_phase(name: str, args: list[str], limit: float, out: str) -> dict:
-    """Run one phase; its JSON output (bench) or its outcome, saved as <name>.json."""
+    """Run one phase, its output in <name>.log; its results (what a bench wrote to <name>.json
+    as they came, or the train run's rate) even if it ran out of time, saved as <name>.json."""
     start = time.perf_counter()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get(
         "PYTHONPATH")]))}
-    try:
-        done = subprocess.run([sys.executable, "-m", "jax_dcgan.cli", *args], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=limit)
-    except subprocess.TimeoutExpired:
-        result = {"error": f"timed out after {limit:.0f} s"}
-    else:
-        with open(os.path.join(out, f"{name}.log"), "w") as f:
-            f.write(done.stdout + done.stderr)
-        result = (json.loads(done.stdout) if done.returncode == 0 and "--json" in args
-                  else {"returncode": done.returncode})
-        if done.returncode:
-            result["error"] = done.stderr.strip().splitlines()[-1:] or ["failed"]
-    result["seconds"] = time.perf_counter() - start
-    if name == "train" and "error" not in result:
+    with open(os.path.join(out, f"{name}.log"), "w") as log:
+        try:
+            error = subprocess.run([sys.executable, "-m", "jax_dcgan.cli", *args], cwd=ROOT,
+                                   env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   timeout=limit).returncode and "failed (see the log)"
+        except subprocess.TimeoutExpired:
+            error = f"timed out after {limit:.0f} s (results up to then are kept)"
+    path = os.path.join(out, f"{name}.json")
+    result = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            result = json.load(f)
+    if name == "train" and os.path.exists(os.path.join(out, "train", "run.json")):
         result.update(train_rate(os.path.join(out, "train")))
-    with open(os.path.join(out, f"{name}.json"), "w") as f:
+    if error:
+        result["error"] = error
+    result["seconds"] = time.perf_counter() - start
+    with open(path, "w") as f:
         json.dump(result, f, indent=2)
     return result
 
 
 def train_rate(run: str) -> dict:
-    """Images/s of the training loop after its first 100 steps (compilation and warm-up; in
-    a shorter run, its second half), from the rates in its own metrics, and the choices the
-    loop made."""
-    with open(os.path.join(run, "metrics.jsonl")) as f:
-        records = [r for r in map(json.loads, f) if "g_loss" in r]
+    """Images/s of the training loop over the second half of its steps (after compilation and
+    warm-up), from the rates in its own metrics, and the choices the loop made."""
+    from jax_dcgan.plots import read_metrics, steady_images_per_s  # imports no JAX
+
+    records = read_metrics(os.path.join(run, "metrics.jsonl"))
     with open(os.path.join(run, "run.json")) as f:
         start = json.load(f)["starts"][0]
-    steady = [r for r in records if r["step"] > 100] or records[len(records) // 2:]
-    return {"steps": len(records), "steady_from_step": steady[0]["step"],
-            "steady_images_per_s": len(steady) / sum(1 / r["images_per_s"] for r in steady),
+    if not records:
+        return {}
+    first = records[len(records) // 2]["step"]
+    return {"steps": len(records), "steady_from_step": first,
+            "steady_images_per_s": steady_images_per_s(records, first),
             "steps_per_dispatch": start["steps_per_dispatch"], "conv_impl": start["conv_impl"],
             "step_ms_measured": start["step_ms"], "devices": start["devices"]}
 
@@ -98,10 +108,12 @@ def train_rate(run: str) -> dict:
 def bench_table(result: dict) -> list[str]:
     if "variants" not in result:
         return [f"not measured: {result.get('error', 'no result')}"]
+    note = [f"(The phase {result['error']}.)", ""] if result.get("error") else []
     c, flops = result["config"], result["flops_per_step"]
     lines = [f"{result['device']}; batch {c['batch_size']}, {c['image_size']}x{c['image_size']}, "
              f"{c['dtype']}, median (min-max) of {c['repeats']} repeats of {c['steps']} steps"
              + (f"; {flops / 1e9:.3g} GFLOP per step" if flops else ""), "",
+             *note,
              "| variant | step ms | images/s | vs torch | MFU | compile s | cuDNN/cuBLAS calls |",
              "|---|---|---|---|---|---|---|"]
     for r in result["variants"]:
@@ -138,7 +150,7 @@ def summary(results: dict, smoke: bool) -> str:
                      f"drawn, compilation included); from step {train['steady_from_step']} on "
                      f"{train['steady_images_per_s']:.0f} images/s; {train['conv_impl']} "
                      f"convolutions, {train['steps_per_dispatch']} steps per call (one step "
-                     f"measured at {train['step_ms_measured']:.2f} ms)")
+                     f"measured at {train['step_ms_measured'] or 0:.2f} ms)")
     else:
         lines.append(f"not measured: {train.get('error', 'no result')}")
     return "\n".join(lines) + "\n"

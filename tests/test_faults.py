@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import random
 import signal
 import subprocess
@@ -109,6 +110,21 @@ def test_nonfinite_losses_roll_back_and_continue(tmp_path, monkeypatch):
     assert int(state.step) == total
     assert [r["step"] for r in step_records(tmp_path / "run")] == list(range(1, total + 1))
     assert any(r.get("rollback") == 1 and r["step"] == 4 for r in records(tmp_path / "run"))
+
+
+def test_rollback_after_an_epoch_end_keeps_one_record_of_each(tmp_path, monkeypatch):
+    """NaN in epoch 2 after epoch 1's grid and evaluation: back to the checkpoint at its end;
+    its outputs stay, written once, and epoch 2's come once, after the rollback."""
+    _nan_at(monkeypatch, bad_step=9, times=1)
+    cfg = TINY.replace(cache_dir=str(tmp_path / "c"), devices=1, on_nonfinite="rollback",
+                       eval_every=1, eval_samples=16)
+    with pytest.warns(UserWarning, match="Rolled back to step 8"):
+        train(cfg, str(tmp_path / "run"), quiet=True)
+    found = records(tmp_path / "run")
+    assert [r["step"] for r in found if "swd" in r] == [8, 16]
+    assert [r["step"] for r in found if "diversity" in r] == [8, 16]
+    assert [r["step"] for r in found if "g_loss" in r] == list(range(1, 17))
+    assert sorted(os.listdir(tmp_path / "run" / "samples")) == ["epoch_001.png", "epoch_002.png"]
 
 
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):

@@ -102,6 +102,6 @@ def test_train_eval_every_records_quality(tmp_path):
     found = records(tmp_path / "run")
     evals = [r for r in found if "swd" in r]
     assert [r["epoch"] for r in evals] == [1, 2] and all("fid" in r for r in evals)
-    assert [r["step"] for r in evals] == [8, 16]
-    assert len([r for r in found if "diversity" in r and "swd" not in r]) == 2
+    assert [r["step"] for r in evals] == [8, 16] and all(r["eval_samples"] == 32 for r in evals)
+    assert [r["step"] for r in found if "diversity" in r] == [8, 16]
     assert (tmp_path / "run" / "quality.png").stat().st_size > 5000

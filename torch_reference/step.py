@@ -17,16 +17,23 @@ from torch_reference.model import DCGAN
 
 
 def make_optimizers(model: DCGAN, lr_g: float = 2e-4, lr_d: float = 2e-4,
-                    betas: tuple[float, float] = (0.5, 0.999), eps: float = 1e-8):
-    return (torch.optim.Adam(model.generator.parameters(), lr=lr_g, betas=betas, eps=eps),
-            torch.optim.Adam(model.discriminator.parameters(), lr=lr_d, betas=betas, eps=eps))
+                    betas: tuple[float, float] = (0.5, 0.999), eps: float = 1e-8,
+                    fused: bool | None = None):
+    """The lecture's Adam for G and D; `fused` picks PyTorch's fused CUDA kernel."""
+    return (torch.optim.Adam(model.generator.parameters(), lr=lr_g, betas=betas, eps=eps,
+                             fused=fused),
+            torch.optim.Adam(model.discriminator.parameters(), lr=lr_d, betas=betas, eps=eps,
+                             fused=fused))
 
 
 def train_step(model: DCGAN, opt_gen: torch.optim.Optimizer, opt_dis: torch.optim.Optimizer,
                real: torch.Tensor, noise: torch.Tensor | None = None, *,
                gen_noise: torch.Tensor | None = None,
-               dis_targets: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, float]:
-    """Update D then G on one batch; returns the losses and D's accuracies in percent.
+               dis_targets: tuple[torch.Tensor, torch.Tensor] | None = None,
+               item: bool = True) -> dict:
+    """Update D then G on one batch; returns the losses and D's accuracies in percent, as
+    floats as in the lecture (`.item()`, which waits for the GPU every step), or with
+    `item=False` as tensors on the device.
 
     `noise` (N, latent, 1, 1) defaults to a fresh `torch.randn` draw, as in the lecture.
     `gen_noise`, if given, is a second batch of noise for the generator step
@@ -60,9 +67,10 @@ def train_step(model: DCGAN, opt_gen: torch.optim.Optimizer, opt_dis: torch.opti
     g_loss.backward()
     opt_gen.step()
 
-    return {
-        "g_loss": g_loss.item(),
-        "d_loss": d_loss.item(),
-        "acc_real": ((pred_real.detach() > 0).to(real.dtype) == ones).to(real.dtype).mean().item() * 100,
-        "acc_fake": ((pred_fake.detach() > 0).to(real.dtype) == zeros).to(real.dtype).mean().item() * 100,
+    metrics = {
+        "g_loss": g_loss.detach(),
+        "d_loss": d_loss.detach(),
+        "acc_real": ((pred_real.detach() > 0).to(real.dtype) == ones).to(real.dtype).mean() * 100,
+        "acc_fake": ((pred_fake.detach() > 0).to(real.dtype) == zeros).to(real.dtype).mean() * 100,
     }
+    return {k: v.item() for k, v in metrics.items()} if item else metrics
