@@ -307,8 +307,6 @@ def summarize_runs(cfg: Config, steps: int, repeats: int, timed: list[Timed],
                        ratio_to_torch=median / reference if reference else None,
                        mfu=flops / median / peak if flops and peak else None)
         row.update({k: v for k, v in t.extra.items() if k != "hlo"})
-        if t.framework == "jax" and "peak_bytes_in_use" in stats:
-            row["peak_memory_bytes"] = stats["peak_bytes_in_use"]  # the process's, all variants
         rows.append(row)
     return {
         "config": {"batch_size": cfg.batch_size, "gen_features": cfg.gen_features,
@@ -317,6 +315,8 @@ def summarize_runs(cfg: Config, steps: int, repeats: int, timed: list[Timed],
                    "repeats": repeats},
         "device": describe_device(devices),
         "flops_per_step": flops, "peak_flops": peak,
+        # JAX's device memory peak, over all its variants (the torch rows have their own).
+        "jax_peak_memory_bytes": stats.get("peak_bytes_in_use"),
         "host_huge_pages": runtime.huge_pages_enabled(),
         "environment": rundir.environment(devices),
         "variants": rows,

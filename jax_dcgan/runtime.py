@@ -62,7 +62,8 @@ def reexec_with_huge_pages() -> None:
 
 def enable_compilation_cache(directory: str) -> None:
     """JAX's persistent compilation cache in `directory`, unless one is configured already
-    (JAX_COMPILATION_CACHE_DIR or jax.config), which is then kept."""
+    (JAX_COMPILATION_CACHE_DIR or jax.config), which is then kept. JAX opens the cache once
+    per process, so the first directory set stays in use for the whole process."""
     import jax
 
     if not jax.config.jax_compilation_cache_dir:
