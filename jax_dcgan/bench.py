@@ -27,6 +27,7 @@ utilisation divides them by the step time and the device's peak where it is know
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import json
@@ -41,15 +42,22 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import linen as nn
 
 from jax_dcgan import rundir, runtime
 from jax_dcgan.config import BENCH_VARIANTS, Config
+from jax_dcgan.data import cache_root
 from jax_dcgan.errors import check_batch_split, summarize
+from jax_dcgan.feeding import Batches
 from jax_dcgan.files import write_text
-from jax_dcgan.parallel import device_sharding, replicate
+from jax_dcgan.layers import Conv, ConvTranspose, conv2d, conv_transpose2d
+from jax_dcgan.models import DTYPES, Discriminator, Generator
+from jax_dcgan.optional import import_torch
+from jax_dcgan.parallel import Layout, device_sharding, replicate
+from jax_dcgan.plots import read_metrics, steady_images_per_s
 from jax_dcgan.step import create_train_state, jit_train_steps, pmap_train_steps
+from jax_dcgan.train import train
 
-VARIANTS = BENCH_VARIANTS
 # Dense datasheet peaks in TFLOP/s per chip: (bfloat16, float32 as JAX runs it by default:
 # TF32 on NVIDIA GPUs, bfloat16 passes on TPUs). Checked in order, first match wins.
 PEAK_TFLOPS = (("H100 PCIe", (756, 378)), ("H100 NVL", (835, 418)), ("H100", (989, 495)),
@@ -90,8 +98,6 @@ def _block(run: Callable[[], None], steps: int) -> Callable[[], float]:
 
 
 def torch_variant(cfg: Config, steps: int, compiled: bool) -> Timed:
-    from jax_dcgan.optional import import_torch
-
     torch = import_torch()
     from torch_reference import DCGAN, make_optimizers, train_step
 
@@ -161,7 +167,8 @@ def jit_variant(cfg: Config, steps: int, impl: str) -> Timed:
     timed = Timed(f"jax-jit-{impl}", "jax", _block(run, steps), time.perf_counter() - start)
     timed.extra["flops_per_step"] = _flops(compiled)
     hlo = compiled.as_text()
-    timed.extra["library_calls"] = dict(sorted(_count(LIBRARY_CALL.findall(hlo)).items()))
+    timed.extra["library_calls"] = dict(sorted(collections.Counter(
+        LIBRARY_CALL.findall(hlo)).items()))
     timed.extra["hlo"] = hlo
     return timed
 
@@ -180,9 +187,6 @@ def pmap_variant(cfg: Config, steps: int, devices: list) -> Timed:
 def fused_variant(cfg: Config, steps: int, impl: str, calls: int = 4) -> Timed:
     """`calls` calls of `steps` steps each per timed block, dispatched back to back on
     batches gathered on the device: the rate of a device that never waits for the host."""
-    from jax_dcgan.feeding import Batches
-    from jax_dcgan.parallel import Layout
-
     device = jax.local_devices()[0]
     layout = Layout([device])
     batches = Batches(_images(cfg, cfg.batch_size * steps * 2), cfg.batch_size, cfg.seed,
@@ -197,9 +201,6 @@ def fused_variant(cfg: Config, steps: int, impl: str, calls: int = 4) -> Timed:
 def train_loop_variant(cfg: Config, steps: int, epochs: int) -> Timed:
     """`jax-dcgan train` with default loop flags on epochs of `steps` steps; each repeat is a
     new run, timed from its first epoch end on, from the rates in its metrics."""
-    from jax_dcgan.plots import read_metrics, steady_images_per_s
-    from jax_dcgan.train import train
-
     cache = tempfile.TemporaryDirectory(prefix="jax-dcgan-bench-")  # removed with `measure`
     run_cfg = cfg.replace(dataset="synthetic", num_synthetic=cfg.batch_size * steps,
                           epochs=epochs, steps=0)
@@ -226,13 +227,6 @@ def _flops(compiled) -> float | None:
     return float(flops) if flops and flops > 0 else None
 
 
-def _count(items: list[str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for item in items:
-        counts[item] = counts.get(item, 0) + 1
-    return counts
-
-
 def peak_flops(device, dtype: str) -> float | None:
     kind = getattr(device, "device_kind", "")
     for name, (bf16, f32) in PEAK_TFLOPS:
@@ -244,7 +238,7 @@ def peak_flops(device, dtype: str) -> float | None:
 def default_variants(platform_name: str) -> tuple[str, ...]:
     """All variants but, on CPUs, jax-fused-xla: XLA's CPU backend runs native convolutions
     inside `lax.scan` about 20x slower (docs/BENCHMARKS.md); name it to run it anyway."""
-    return tuple(v for v in VARIANTS if not (platform_name == "cpu" and v == "jax-fused-xla"))
+    return tuple(v for v in BENCH_VARIANTS if not (platform_name == "cpu" and v == "jax-fused-xla"))
 
 
 def run(cfg: Config, steps: int, repeats: int, variants: tuple[str, ...], devices: int,
@@ -257,8 +251,7 @@ def run(cfg: Config, steps: int, repeats: int, variants: tuple[str, ...], device
     devices_used = local[:devices or len(local)]
     check_batch_split(cfg.batch_size, len(devices_used))
     if cfg.compilation_cache:
-        from jax_dcgan.data import cache_root
-        runtime.enable_compilation_cache(os.path.join(cache_root(cfg), "xla"))
+        runtime.enable_compilation_cache(cache_root(cfg))
     builders = {
         "torch": lambda: torch_variant(cfg, steps, compiled=False),
         "torch-compiled": lambda: torch_variant(cfg, steps, compiled=True),
@@ -268,25 +261,29 @@ def run(cfg: Config, steps: int, repeats: int, variants: tuple[str, ...], device
         "jax-fused-matmul": lambda: fused_variant(cfg, steps, "matmul"),
         "jax-fused-xla": lambda: fused_variant(cfg, steps, "xla"),
         "jax-train-loop": lambda: train_loop_variant(cfg, steps, loop_epochs)}
-    snapshot = snapshot or (lambda result: None)
+    environment = rundir.environment(devices_used)
+    summary = functools.partial(summarize_runs, cfg, steps, repeats, devices=devices_used,
+                                environment=environment)
     timed: list[Timed] = []
-    for name in (v for v in VARIANTS if v in variants):
+    for name in (v for v in BENCH_VARIANTS if v in variants):
         timed.append(builders[name]())
         if hlo_dir and "hlo" in timed[-1].extra:
             os.makedirs(hlo_dir, exist_ok=True)
             with open(os.path.join(hlo_dir, f"{timed[-1].name}.hlo.txt"), "w") as f:
                 f.write(timed[-1].extra["hlo"])
-        snapshot(summarize_runs(cfg, steps, repeats, timed, devices_used))
+        if snapshot:
+            snapshot(summary(timed))
     for _ in range(repeats):  # interleaved
         for t in timed:
             if t.measure and len(t.times) < repeats:
                 t.times.append(t.measure())
-        snapshot(summarize_runs(cfg, steps, repeats, timed, devices_used))
-    return summarize_runs(cfg, steps, repeats, timed, devices_used)
+        if snapshot:
+            snapshot(summary(timed))
+    return summary(timed)
 
 
-def summarize_runs(cfg: Config, steps: int, repeats: int, timed: list[Timed],
-                   devices: list) -> dict:
+def summarize_runs(cfg: Config, steps: int, repeats: int, timed: list[Timed], *,
+                   devices: list, environment: dict) -> dict:
     # The matmul program's count: its products are the model's multiply-adds, padding and
     # all, as FLOPs are usually counted; XLA counts fewer for its own convolutions.
     flops = next((t.extra["flops_per_step"] for name in ("jax-jit-matmul", "jax-jit-xla")
@@ -318,7 +315,7 @@ def summarize_runs(cfg: Config, steps: int, repeats: int, timed: list[Timed],
         # JAX's device memory peak, over all its variants (the torch rows have their own).
         "jax_peak_memory_bytes": stats.get("peak_bytes_in_use"),
         "host_huge_pages": runtime.huge_pages_enabled(),
-        "environment": rundir.environment(devices),
+        "environment": environment,
         "variants": rows,
     }
 
@@ -361,11 +358,6 @@ def format_table(result: dict) -> str:
 
 def conv_layers(cfg: Config) -> list[tuple[str, object, tuple[int, ...]]]:
     """(name, module, input shape) of every convolution, in the order the networks run them."""
-    from flax import linen as nn
-
-    from jax_dcgan.layers import Conv, ConvTranspose
-    from jax_dcgan.models import Discriminator, Generator
-
     found: list[tuple[str, object, tuple[int, ...]]] = []
     net = ""
 
@@ -388,9 +380,6 @@ def conv_layers(cfg: Config) -> list[tuple[str, object, tuple[int, ...]]]:
 
 def layer_times(cfg: Config, repeats: int, calls: int = 10) -> list[dict]:
     """Forward + backward time of each convolution layer in both backends, interleaved."""
-    from jax_dcgan.layers import ConvTranspose, conv2d, conv_transpose2d
-    from jax_dcgan.models import DTYPES
-
     rng = np.random.default_rng(0)
     rows, runs = [], []
     for name, module, x_shape in conv_layers(cfg):
@@ -452,6 +441,7 @@ def main(cfg: Config, steps: int, repeats: int, variants: tuple[str, ...] | None
         print(json.dumps(result, indent=2) if as_json else format_layers(result["layers"]))
         return
     variants = variants or default_variants(jax.default_backend())
-    result = run(cfg, steps, repeats, variants, cfg.devices, loop_epochs, hlo_dir, save)
+    result = run(cfg, steps, repeats, variants, cfg.devices, loop_epochs, hlo_dir,
+                 save if json_out else None)
     save(result)
     print(json.dumps(result, indent=2) if as_json else format_table(result))

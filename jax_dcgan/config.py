@@ -30,18 +30,19 @@ BENCH_VARIANTS = ("torch", "torch-compiled", "jax-jit-matmul", "jax-jit-xla", "j
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """What the generator and discriminator compute; hashable, so a jitted function can be
-    specialised on it without recompiling when unrelated run settings change."""
-    latent_dim: int = 100
-    gen_features: int = 64
-    dis_features: int = 64
-    channels: int = 3
-    image_size: int = 64
-    gen_activation: str = "leaky_relu"
-    gen_slope: float = 0.01
-    dis_slope: float = 0.01
-    weight_init: str = "torch"
-    dtype: str = "float32"
-    conv_impl: str = "auto"
+    specialised on it without recompiling when unrelated run settings change. Made from a
+    `Config` (`Config().model`), which holds the defaults and checks the values."""
+    latent_dim: int
+    gen_features: int
+    dis_features: int
+    channels: int
+    image_size: int
+    gen_activation: str
+    gen_slope: float
+    dis_slope: float
+    weight_init: str
+    dtype: str
+    conv_impl: str
 
     @property
     def num_upsamplings(self) -> int:

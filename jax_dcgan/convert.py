@@ -8,6 +8,7 @@ no torch install.
 
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Iterator, Mapping
 
@@ -34,16 +35,14 @@ def _leaves(variables: Mapping, cfg: ModelConfig
             ) -> Iterator[tuple[str, tuple, np.ndarray | jax.ShapeDtypeStruct, tuple | None]]:
     """(torch key, flax path, leaf, permutation) for every tensor of the model."""
     indices = torch_layer_indices(cfg)
-    for net in ("generator", "discriminator"):
-        for collection in ("params", "batch_stats"):
-            for module, leaves in variables[net].get(collection, {}).items():
-                index = indices[net][module]
-                for name, leaf in leaves.items():
-                    if collection == "batch_stats":
-                        suffix, perm = _STATS[name], None
-                    else:
-                        suffix, perm = _PARAMS.get((net, name)) or _PARAMS[name]
-                    yield f"{net}.{index}.{suffix}", (net, collection, module, name), leaf, perm
+    for net, collection in itertools.product(("generator", "discriminator"),
+                                             ("params", "batch_stats")):
+        for module, leaves in variables[net].get(collection, {}).items():
+            for name, leaf in leaves.items():
+                suffix, perm = ((_STATS[name], None) if collection == "batch_stats"
+                                else _PARAMS.get((net, name)) or _PARAMS[name])
+                yield (f"{net}.{indices[net][module]}.{suffix}", (net, collection, module, name),
+                       leaf, perm)
 
 
 def to_state_dict(variables: Mapping, cfg: ModelConfig) -> dict[str, np.ndarray]:

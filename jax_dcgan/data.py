@@ -224,24 +224,9 @@ def _build_cache(source: Source, manifest: dict, shape: tuple[int, int, int], di
     os.makedirs(os.path.dirname(directory), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".building-", dir=os.path.dirname(directory))
     try:
-        out = np.lib.format.open_memmap(os.path.join(tmp, "images.npy"), "w+", np.uint8,
-                                        (len(source.items),) + shape)
-        kept, skipped = 0, []
-        workers = workers or min(8, (os.cpu_count() or 1) + 2)
-        with concurrent.futures.ThreadPoolExecutor(workers) as pool, tqdm(
-                total=len(source.items), desc=f"decoding {manifest['dataset']}", unit="img",
-                disable=quiet, dynamic_ncols=True) as bar:
-            for start in range(0, len(source.items), 1024):  # bounded memory in flight
-                chunk = source.items[start:start + 1024]
-                for item, image in zip(chunk, pool.map(lambda i: _try_load(source, i), chunk)):
-                    if image is None:
-                        skipped.append(source.name(item))
-                    else:
-                        out[kept] = image
-                        kept += 1
-                bar.update(len(chunk))
-        out.flush()
-        del out
+        kept, skipped = _decode(source, os.path.join(tmp, "images.npy"), shape,
+                                workers or min(8, (os.cpu_count() or 1) + 2),
+                                f"decoding {manifest['dataset']}", quiet)
         if not kept:
             raise UserError(
                 f"None of the {len(source.items)} files of {manifest['dataset']} is a readable "
@@ -259,6 +244,28 @@ def _build_cache(source: Source, manifest: dict, shape: tuple[int, int, int], di
         os.replace(tmp, directory)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _decode(source: Source, path: str, shape: tuple[int, int, int], workers: int,
+            description: str, quiet: bool) -> tuple[int, list[str]]:
+    """Decode every item into a new .npy at `path`, readable images first; (how many were,
+    the names of those that were not)."""
+    out = np.lib.format.open_memmap(path, "w+", np.uint8, (len(source.items),) + shape)
+    kept, skipped = 0, []
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool, tqdm(
+            total=len(source.items), desc=description, unit="img", disable=quiet,
+            dynamic_ncols=True) as bar:
+        for start in range(0, len(source.items), 1024):  # bounded memory in flight
+            chunk = source.items[start:start + 1024]
+            for item, image in zip(chunk, pool.map(lambda i: _try_load(source, i), chunk)):
+                if image is None:
+                    skipped.append(source.name(item))
+                    continue
+                out[kept] = image
+                kept += 1
+            bar.update(len(chunk))
+    out.flush()
+    return kept, skipped
 
 
 def _try_load(source: Source, item) -> np.ndarray | None:

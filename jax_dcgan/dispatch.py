@@ -22,6 +22,7 @@ import time
 from typing import Callable, Iterator
 
 import jax
+import jax.numpy as jnp
 
 TARGET_SECONDS = 0.05
 MAX_STEPS = 256
@@ -45,18 +46,17 @@ class Plan:
     checkpoint_every: int   # 0: no checkpoint steps
     steps_per_dispatch: int
 
+    @property
+    def _periods(self) -> tuple[int, ...]:
+        """Segments end at multiples of these (and at the last step)."""
+        return tuple(p for p in (self.steps_per_epoch, self.checkpoint_every) if p)
+
     def segment_end(self, step: int) -> int:
         """The first epoch end, checkpoint step or last step after `step`."""
-        ends = [(step // self.steps_per_epoch + 1) * self.steps_per_epoch, self.total_steps]
-        if self.checkpoint_every:
-            ends.append((step // self.checkpoint_every + 1) * self.checkpoint_every)
-        return min(ends)
+        return min([self.total_steps] + [(step // p + 1) * p for p in self._periods])
 
     def segment_start(self, step: int) -> int:
-        starts = [step // self.steps_per_epoch * self.steps_per_epoch]
-        if self.checkpoint_every:
-            starts.append(step // self.checkpoint_every * self.checkpoint_every)
-        return max(starts)
+        return max(step // p * p for p in self._periods)
 
     def next(self, step: int) -> Dispatch:
         k = self.steps_per_dispatch
@@ -90,12 +90,12 @@ class Plan:
         return step == self.total_steps or bool(
             self.checkpoint_every and step % self.checkpoint_every == 0)
 
-    def is_segment_end(self, step: int) -> bool:
-        return self.is_epoch_end(step) or self.is_checkpoint_step(step)
-
-    def crosses(self, dispatch: Dispatch, every: int) -> bool:
-        """Whether the call completes a multiple of `every` steps."""
-        return dispatch.end // every > dispatch.step // every
+    def is_sync_point(self, dispatch: Dispatch, log_every: int) -> bool:
+        """Whether the loop records metrics after this call (and the processes of a
+        multi-process run agree on stopping and on the clock): when it completes a multiple
+        of `log_every` steps or a segment."""
+        return (dispatch.end // log_every > dispatch.step // log_every
+                or dispatch.end == self.segment_end(dispatch.step))
 
 
 def choose_steps_per_dispatch(seconds_per_step: float, segments: collections.Counter) -> int:
@@ -108,12 +108,13 @@ def choose_steps_per_dispatch(seconds_per_step: float, segments: collections.Cou
         count * (length // c + length % c) for length, count in segments.items()))
 
 
-def time_one_step(step_fn: Callable, state, batch, copy: Callable, repeats: int = 3) -> float:
+def time_one_step(step_fn: Callable, state, batch, repeats: int = 3) -> float:
     """Seconds per step of `step_fn` on a one-step batch: the fastest of `repeats` calls after
-    the first (which compiles), each on a fresh copy of `state`, which is left as it was."""
+    the first (which compiles), each on a fresh copy of `state` (the call donates it), which
+    is left as it was."""
     times = []
     for _ in range(repeats + 1):
-        fresh = jax.block_until_ready(copy(state))
+        fresh = jax.block_until_ready(jax.tree.map(jnp.copy, state))
         start = time.perf_counter()
         jax.block_until_ready(step_fn(fresh, batch))
         times.append(time.perf_counter() - start)

@@ -27,12 +27,16 @@ FID_INPUT_RANGE = (-1.0, 0.9921875)  # the TF Inception's x / 128 - 1
 COLLAPSE_RATIO = 0.3  # diversity below this fraction of the data's counts as collapse
 
 
+def pixel_levels(images, xp=np):
+    """[-1, 1] floats -> the 0..255 levels a PNG of them would hold, as floats; `xp` is
+    numpy, or jax.numpy on the device."""
+    return xp.floor(xp.clip((images.astype(xp.float32) + 1) * 127.5 + 0.5, 0, 255))
+
+
 def to_uint8(images: np.ndarray) -> np.ndarray:
     """[-1, 1] floats (or uint8) -> uint8, rounded as a PNG of them would be."""
     images = np.asarray(images)
-    if images.dtype == np.uint8:
-        return images
-    return np.clip((images.astype(np.float32) + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    return images if images.dtype == np.uint8 else pixel_levels(images).astype(np.uint8)
 
 
 def to_unit(images: np.ndarray) -> np.ndarray:
@@ -206,10 +210,8 @@ def diversity(images: jax.Array) -> jax.Array:
     pixel noise, which the downsampling removes. Images are uint8, or floats in
     [-1, 1] taken to the uint8 grid first (as `to_unit`), so both are treated alike.
     """
-    x = images.astype(jnp.float32)
-    if images.dtype != jnp.uint8:
-        x = jnp.floor(jnp.clip((x + 1) * 127.5 + 0.5, 0, 255))
-    x = x / 127.5 - 1
+    levels = images.astype(jnp.float32) if images.dtype == jnp.uint8 else pixel_levels(images, jnp)
+    x = levels / 127.5 - 1
     while x.shape[1] > 16:
         x = 0.25 * (x[:, ::2, ::2] + x[:, 1::2, ::2] + x[:, ::2, 1::2] + x[:, 1::2, 1::2])
     flat = x.reshape(len(x), -1)

@@ -11,8 +11,9 @@ itself once with it set, as PyTorch's CPU launcher (`torch.backends.xeon.run_cpu
 relaunches with a tuned allocator. `JAX_DCGAN_HUGE_PAGES=0` turns this off.
 
 The compilation cache keeps compiled programs on disk, so that a resume or a
-second run of the same configuration loads them instead of compiling again
-(tens of seconds per program on a GPU).
+second run of the same configuration loads them instead of compiling again (a
+step program of the lecture's model takes about 20 s to compile on this project's
+CPU: the bench's compile column, docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -60,11 +61,11 @@ def reexec_with_huge_pages() -> None:
         pass  # carry on with the default allocator
 
 
-def enable_compilation_cache(directory: str) -> None:
-    """JAX's persistent compilation cache in `directory`, unless one is configured already
-    (JAX_COMPILATION_CACHE_DIR or jax.config), which is then kept. JAX opens the cache once
-    per process, so the first directory set stays in use for the whole process."""
+def enable_compilation_cache(cache_root: str) -> None:
+    """JAX's persistent compilation cache in `<cache_root>/xla`, unless one is configured
+    already (JAX_COMPILATION_CACHE_DIR or jax.config), which is then kept. JAX opens the
+    cache once per process, so the first directory set stays in use for the whole process."""
     import jax
 
     if not jax.config.jax_compilation_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", directory)
+        jax.config.update("jax_compilation_cache_dir", os.path.join(cache_root, "xla"))

@@ -44,7 +44,7 @@ def train(cfg: Config, out: str, resume: bool = False, quiet: bool = False) -> T
     images = load_images(cfg, primary, quiet)
     steps_per_epoch = len(images) // cfg.batch_size
     if cfg.compilation_cache:
-        runtime.enable_compilation_cache(os.path.join(data.cache_root(cfg), "xla"))
+        runtime.enable_compilation_cache(data.cache_root(cfg))
     checkpoints = checkpoint.Checkpoints(run.checkpoints, cfg.keep_checkpoints)
     state, progress = initial_state(cfg, checkpoints, layout, resume)
     start = int(state.step)
@@ -85,8 +85,8 @@ def train(cfg: Config, out: str, resume: bool = False, quiet: bool = False) -> T
             pending.add(dispatch, metrics)
             console.advance(dispatch.count)
             save, stop = decide(plan, dispatch, cfg, last_save, signals.received, layout)
-            due = plan.crosses(dispatch, cfg.log_every) or plan.is_epoch_end(dispatch.end)
-            diverged = (save or stop or due) and record(pending, writers, plan, save or stop)
+            due = save or stop or plan.is_sync_point(dispatch, cfg.log_every)
+            diverged = due and record(pending, writers, plan, everything=save or stop)
             if diverged:
                 rollbacks += 1
                 state = roll_back(diverged, rollbacks, cfg, checkpoints, layout, writers,
@@ -134,15 +134,14 @@ def steps_per_dispatch(cfg: Config, progress: dict, layout: Layout, plan: Plan, 
     """(K, measured ms per step or None): the flag if given, else the choice this run made
     before on the same devices (for an exact resume), else one measured now; at most the
     longest segment, since calls end at epoch ends and checkpoint steps."""
-    longest = max(plan.segments())
+    segments = plan.segments()
     if cfg.steps_per_dispatch:
-        return min(cfg.steps_per_dispatch, longest), None
+        return min(cfg.steps_per_dispatch, max(segments)), None
     if (progress.get("platform"), progress.get("device_count")) == (layout.platform,
                                                                     layout.device_count):
-        return min(progress["steps_per_dispatch"], longest), None
-    seconds = time_one_step(step_fn, state, batches.get(min(start, plan.total_steps - 1), 1),
-                            lambda s: jax.tree.map(jax.numpy.copy, s))
-    return distributed.agree(choose_steps_per_dispatch(seconds, plan.segments())), 1e3 * seconds
+        return min(progress["steps_per_dispatch"], max(segments)), None
+    seconds = time_one_step(step_fn, state, batches.get(min(start, plan.total_steps - 1), 1))
+    return distributed.agree(choose_steps_per_dispatch(seconds, segments)), 1e3 * seconds
 
 
 def decide(plan: Plan, dispatch: Dispatch, cfg: Config, last_save: float,
@@ -153,7 +152,7 @@ def decide(plan: Plan, dispatch: Dispatch, cfg: Config, last_save: float,
     minutes = cfg.checkpoint_minutes and time.monotonic() - last_save >= 60 * cfg.checkpoint_minutes
     if layout.processes == 1:
         return scheduled or bool(minutes), signal_received is not None
-    if not (plan.crosses(dispatch, cfg.log_every) or plan.is_segment_end(dispatch.end)):
+    if not plan.is_sync_point(dispatch, cfg.log_every):
         return scheduled, False
     minutes, stop = distributed.any_process(bool(minutes), signal_received is not None)
     return scheduled or minutes, stop

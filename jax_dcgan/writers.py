@@ -50,11 +50,13 @@ class JsonlWriter(MetricWriter):
     def write_scalars(self, step, scalars):
         self.file.write(json.dumps({"step": step, **scalars}) + "\n")
 
-    def rewind(self, step):
+    def rewind(self, step) -> list[dict]:
+        """Drop the records after `step`; returns those kept."""
         self.file.close()
-        kept = [json.dumps(r) + "\n" for r in read_records(self.path) if r.get("step", 0) <= step]
-        write_text(self.path, "".join(kept))
+        kept = [r for r in read_records(self.path) if r.get("step", 0) <= step]
+        write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self.file = open(self.path, "a", buffering=1)
+        return kept
 
     def close(self):
         self.file.close()
@@ -226,8 +228,7 @@ def open_writers(run, plan: Plan, log_every: int, start: int, tensorboard: bool,
     if not primary:
         return Writers(console), console, History()
     jsonl = JsonlWriter(run.metrics)
-    jsonl.rewind(start)
-    history = History(read_records(run.metrics))
+    history = History(jsonl.rewind(start))
     writers = [jsonl, console, history]
     if tensorboard and import_tensorboardx() is None:
         warnings.warn("tensorboardX is not installed, so no TensorBoard logs are written "

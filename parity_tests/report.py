@@ -25,6 +25,7 @@ from jax_dcgan.step import create_train_state, jit_train_steps, pmap_train_steps
 
 from .common import (CONV_IMPLS, SEED_CFG, SMALL_CFG, float64, images,  # noqa: E402
                      jax_variables, nchw, state_dict_numpy, to_torch_images, torch_model)
+from .test_layers import BACKEND_CASES, backend_results  # noqa: E402
 from .test_step import adam_moments_torch, flax_tree_as_torch, run_both  # noqa: E402
 
 
@@ -71,17 +72,25 @@ def one_step_float32(impl: str) -> list[tuple[str, float]]:
     theirs = state_dict_numpy(model)
     diffs = np.concatenate([np.abs(np.asarray(ours[k], np.float64) - v).ravel()
                             for k, v in theirs.items()])
-    rel = []
+    rel, moments = [], []  # max relative difference of mu per net; all moments' differences
     for net, opt_state in (("generator", state.g_opt), ("discriminator", state.d_opt)):
-        mu = flax_tree_as_torch(opt_state[0].mu, net, cfg)
-        ref = adam_moments_torch(model, optimizers, net, "exp_avg")
-        rel.append(max(float(np.abs(mu[k] - ref[k]).max() / np.abs(ref[k]).max()) for k in ref))
+        for ours_moment, name in ((opt_state[0].mu, "exp_avg"), (opt_state[0].nu, "exp_avg_sq")):
+            theirs_moment = adam_moments_torch(model, optimizers, net, name)
+            ours_moment = flax_tree_as_torch(ours_moment, net, cfg)
+            moments += [np.abs(ours_moment[k] - v).ravel() / np.abs(v).max()
+                        for k, v in theirs_moment.items()]
+            if name == "exp_avg":
+                rel.append(max(float(np.abs(ours_moment[k] - v).max() / np.abs(v).max())
+                               for k, v in theirs_moment.items()))
     return [
         ("one step, float32: |d_loss - torch|", abs(metrics[0]["d_loss"] - logs[0]["d_loss"])),
         ("one step, float32: |g_loss - torch|", abs(metrics[0]["g_loss"] - logs[0]["g_loss"])),
         ("one step, float32: params+stats, 99.9th percentile", float(np.quantile(diffs, 0.999))),
         ("one step, float32: params+stats, max (Adam sign flips)", float(diffs.max())),
+        ("one step, float32: params+stats, share beyond 1e-5", float(np.mean(diffs > 1e-5))),
         ("one step, float32: D Adam moment, max / scale", rel[1]),
+        ("one step, float32: Adam moments, share beyond 1% of scale",
+         float(np.mean(np.concatenate(moments) > 1e-2))),
         ("one step, float32: G Adam moment, max / scale (kink flips)", rel[0]),
     ]
 
@@ -152,7 +161,10 @@ def backends_float64() -> list[tuple[str, float]]:
             states.append(run_both(cfg, 12, 8, torch.float64)[3])
         diff = max(float(np.abs(np.asarray(a, np.float64) - np.asarray(b)).max())
                    for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1])))
-    return [("12 steps, float64 (widths 8): matmul vs xla, whole state, max", diff)]
+    layers = max(float(np.abs(a - b).max()) for case in BACKEND_CASES
+                 for a, b in zip(*map(jax.tree.leaves, backend_results(*case))))
+    return [("each layer kind, float64: matmul vs xla, values and gradients, max", layers),
+            ("12 steps, float64 (widths 8): matmul vs xla, whole state, max", diff)]
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jax_dcgan import bench, runtime
+from jax_dcgan.config import BENCH_VARIANTS
 
 from .helpers import cli
 
@@ -101,7 +102,7 @@ def test_bench_layers_times_both_backends():
 
 def test_default_variants_leave_out_fused_xla_on_cpu_only():
     assert "jax-fused-xla" not in bench.default_variants("cpu")
-    assert bench.default_variants("gpu") == bench.VARIANTS
+    assert bench.default_variants("gpu") == BENCH_VARIANTS
 
 
 def test_peak_flops_of_known_devices():
