@@ -1,4 +1,4 @@
-"""`jax-dcgan train | sample | convert | eval | bench`.
+"""`jax-dcgan train | sample | convert | eval | bench | data prepare`.
 
 Every bad input ends as one paragraph on stderr and exit status 2 (a UserError),
 never a traceback; a run that stops early exits with its own status. Heavy
@@ -181,6 +181,19 @@ def cmd_bench(args: argparse.Namespace) -> None:
                args.hlo_dir, args.loop_epochs, args.json_out)
 
 
+def cmd_data_prepare(args: argparse.Namespace) -> None:
+    import os
+
+    from jax_dcgan import data
+
+    _positive(args, "workers")
+    cfg = config_from_args(args)
+    images = data.load_dataset(cfg, workers=args.workers, quiet=args.quiet)
+    print(f"{cfg.dataset} ({cfg.split} split): {images.shape[0]} images of "
+          f"{'x'.join(map(str, images.shape[1:]))} in {os.path.dirname(images.filename)}; "
+          "train finds them there with the same --cache-dir and data flags.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jax-dcgan", description="The DCGAN of STAT 453 L18.6 in JAX: exact and fast.")
@@ -246,6 +259,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="BatchNorm statistics: running (eval mode) or the batch's own "
                         "(train mode, as the lecture's grids); default batch")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("data", help="prepare a dataset's cache once (e.g. on a login node)")
+    actions = p.add_subparsers(dest="action", required=True)
+    q = actions.add_parser(
+        "prepare", help="download (or find in the manual directory), verify and decode into "
+                        "the cache that train reads, with no network needed afterwards")
+    q.add_argument("--workers", type=int, help="decoding threads (default: cores + 2, at most 8)")
+    q.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_config_flags(q, only=("dataset", "data_dir", "split", "crop_size", "image_size",
+                               "num_synthetic", "data_seed", "cache_dir"))
+    q.set_defaults(func=cmd_data_prepare)
 
     p = sub.add_parser("convert", help="convert between the lecture's .pt and a checkpoint")
     which = p.add_mutually_exclusive_group(required=True)

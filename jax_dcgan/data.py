@@ -15,6 +15,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -26,16 +27,13 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from jax_dcgan import celeba
 from jax_dcgan.config import Config
-from jax_dcgan.errors import UserError, summarize
+from jax_dcgan.errors import UserError
 from jax_dcgan.synthetic import draw_face
 
 CACHE_VERSION = 1
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-CELEBA_SPLITS = {"train": "train", "valid": "validation", "test": "test",
-                 "all": "train+validation+test"}
-PARTITION_FILE = "list_eval_partition.txt"  # CelebA's split file: "000001.jpg 0"
-PARTITION_IDS = {"train": {0}, "valid": {1}, "test": {2}, "all": {0, 1, 2}}
 MAX_PIXELS = 80_000_000  # larger images are refused rather than decoded (decompression bombs)
 
 
@@ -72,18 +70,26 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 @dataclasses.dataclass(frozen=True)
-class Source:
-    """What to decode: a description (for the cache key) and one loader per item."""
-    description: dict
+class Items:
+    """What to decode: the items and one loader per item."""
     items: Sequence
     load: Callable[[object], np.ndarray]
     name: Callable[[object], str] = str
 
 
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """A description (the cache key) and, called only when the cache must be built, the
+    items to decode: a cached CelebA never touches tfds or the network."""
+    description: dict
+    open: Callable[[bool], Items]  # quiet -> items
+
+
 def synthetic_source(cfg: Config) -> Source:
     return Source({"dataset": "synthetic", "seed": cfg.data_seed, "count": cfg.num_synthetic,
-                   "image_size": cfg.image_size}, range(cfg.num_synthetic),
-                  lambda i: draw_face(cfg.data_seed, i, cfg.image_size))
+                   "image_size": cfg.image_size},
+                  lambda quiet: Items(range(cfg.num_synthetic),
+                                lambda i: draw_face(cfg.data_seed, i, cfg.image_size)))
 
 
 def folder_source(cfg: Config) -> Source:
@@ -99,7 +105,7 @@ def folder_source(cfg: Config) -> Source:
     split_note = "all files"
     partition = _find_partition_file(root)
     if partition and cfg.split != "all":
-        wanted = _read_partition(partition, cfg.split)
+        wanted = celeba.read_partition(partition, cfg.split)
         paths = [p for p in paths if os.path.basename(p) in wanted]
         split_note = f"{cfg.split} split of {partition}"
         if not paths:
@@ -111,36 +117,22 @@ def folder_source(cfg: Config) -> Source:
         fingerprint.update(f"{os.path.relpath(p, root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return Source({"dataset": "folder", "root": root, "split": split_note, "count": len(paths),
                    "files": fingerprint.hexdigest(), "crop_size": cfg.crop_size,
-                   "image_size": cfg.image_size}, paths,
-                  lambda p: _load_file(p, cfg.crop_size, cfg.image_size),
-                  lambda p: os.path.relpath(p, root))
+                   "image_size": cfg.image_size},
+                  lambda quiet: Items(paths, lambda p: _load_image(p, cfg.crop_size, cfg.image_size),
+                                lambda p: os.path.relpath(p, root)))
 
 
 def _find_partition_file(root: str) -> str | None:
     for folder in (root, os.path.dirname(root)):
-        candidate = os.path.join(folder, PARTITION_FILE)
+        candidate = os.path.join(folder, celeba.PARTITION_FILE)
         if os.path.isfile(candidate):
             return candidate
     return None
 
 
-def _read_partition(path: str, split: str) -> set[str]:
-    wanted, ids = set(), PARTITION_IDS[split]
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 2 or not parts[1].isdigit():
-                raise UserError(f"{path}:{number} is not '<file> <0|1|2>': {line.strip()!r}. "
-                                "Fix or remove the split file, or use --split all.")
-            if int(parts[1]) in ids:
-                wanted.add(parts[0])
-    return wanted
-
-
-def _load_file(path: str, crop_size: int, image_size: int) -> np.ndarray:
-    with Image.open(path) as image:
+def _load_image(file, crop_size: int, image_size: int) -> np.ndarray:
+    """Decode a path or file object, refusing decompression bombs."""
+    with Image.open(file) as image:
         if image.width * image.height > MAX_PIXELS:
             raise ValueError(f"{image.width}x{image.height} pixels is more than {MAX_PIXELS}")
         image.load()
@@ -148,35 +140,24 @@ def _load_file(path: str, crop_size: int, image_size: int) -> np.ndarray:
 
 
 def celeb_a_source(cfg: Config) -> Source:
-    """CelebA through tensorflow-datasets' array_record files: no TensorFlow needed."""
-    import tensorflow_datasets as tfds
+    """CelebA's JPEGs from tfds's prepared records or the original files; see celeba.py."""
+    root = celeba.data_dir(cfg.data_dir)
+    # Not the data directory: a login node and a compute node may mount it differently.
+    description = {"dataset": "celeb_a", "split": cfg.split, "origin": celeba.origin(root),
+                   "crop_size": cfg.crop_size, "image_size": cfg.image_size}
 
-    split = CELEBA_SPLITS[cfg.split]
-    data_dir = os.path.expanduser(cfg.data_dir) if cfg.data_dir else None
-    try:
-        records = tfds.data_source("celeb_a", split=split, data_dir=data_dir, download=True,
-                                   builder_kwargs={"file_format": "array_record"})
-        count = len(records)
-    except Exception as e:  # not prepared, no network, Google Drive quota, checksum...
-        manual = os.path.join(data_dir or "~/tensorflow_datasets", "downloads", "manual")
-        raise UserError(
-            f"CelebA is not available through tensorflow-datasets ({summarize(e, 200)}). "
-            "Three ways in: "
-            "(1) let tfds download it (needs network; Google Drive often refuses with a quota or "
-            "checksum error, then retry later); (2) put the original CelebA files "
-            "(img_align_celeba.zip, list_eval_partition.txt, list_attr_celeba.txt, "
-            f"list_landmarks_align_celeba.txt) in {manual} and run again; (3) use "
-            "--dataset folder --data-dir DIR with an extracted img_align_celeba directory "
-            f"(and its {PARTITION_FILE} beside it for --split).") from None
+    def open_items(quiet: bool) -> Items:
+        images = celeba.open_split(root, cfg.split, quiet)
 
-    def load(i):
-        return preprocess(Image.fromarray(np.asarray(records[i]["image"])), cfg.crop_size,
-                          cfg.image_size)
+        def load(item) -> np.ndarray:
+            original = images.load(item)
+            if isinstance(original, np.ndarray):
+                return preprocess(Image.fromarray(original), cfg.crop_size, cfg.image_size)
+            return _load_image(io.BytesIO(original), cfg.crop_size, cfg.image_size)
 
-    return Source({"dataset": "celeb_a", "split": split, "count": count,
-                   "data_dir": data_dir or "default", "crop_size": cfg.crop_size,
-                   "image_size": cfg.image_size}, range(count), load,
-                  lambda i: f"celeb_a[{split}][{i}]")
+        return Items(images.items, load, images.name)
+
+    return Source(description, open_items)
 
 
 SOURCES = {"synthetic": synthetic_source, "folder": folder_source, "celeb_a": celeb_a_source}
@@ -221,19 +202,20 @@ def _open_cache(directory: str, manifest: dict) -> np.ndarray | None:
 
 def _build_cache(source: Source, manifest: dict, shape: tuple[int, int, int], directory: str,
                  workers: int | None, quiet: bool) -> None:
+    items = source.open(quiet)
     os.makedirs(os.path.dirname(directory), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".building-", dir=os.path.dirname(directory))
     try:
-        kept, skipped = _decode(source, os.path.join(tmp, "images.npy"), shape,
+        kept, skipped = _decode(items, os.path.join(tmp, "images.npy"), shape,
                                 workers or min(8, (os.cpu_count() or 1) + 2),
                                 f"decoding {manifest['dataset']}", quiet)
         if not kept:
             raise UserError(
-                f"None of the {len(source.items)} files of {manifest['dataset']} is a readable "
+                f"None of the {len(items.items)} files of {manifest['dataset']} is a readable "
                 f"image (e.g. {', '.join(skipped[:3])}); check the files or --data-dir.")
         if skipped:
             warnings.warn(
-                f"Skipped {len(skipped)} of {len(source.items)} files that are not readable "
+                f"Skipped {len(skipped)} of {len(items.items)} files that are not readable "
                 f"images (e.g. {', '.join(skipped[:3])}); training uses the other {kept}.")
         _truncate_npy(os.path.join(tmp, "images.npy"), kept, shape)
         with open(os.path.join(tmp, "manifest.json"), "w") as f:
@@ -246,20 +228,20 @@ def _build_cache(source: Source, manifest: dict, shape: tuple[int, int, int], di
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _decode(source: Source, path: str, shape: tuple[int, int, int], workers: int,
+def _decode(items: Items, path: str, shape: tuple[int, int, int], workers: int,
             description: str, quiet: bool) -> tuple[int, list[str]]:
     """Decode every item into a new .npy at `path`, readable images first; (how many were,
     the names of those that were not)."""
-    out = np.lib.format.open_memmap(path, "w+", np.uint8, (len(source.items),) + shape)
+    out = np.lib.format.open_memmap(path, "w+", np.uint8, (len(items.items),) + shape)
     kept, skipped = 0, []
     with concurrent.futures.ThreadPoolExecutor(workers) as pool, tqdm(
-            total=len(source.items), desc=description, unit="img", disable=quiet,
+            total=len(items.items), desc=description, unit="img", disable=quiet,
             dynamic_ncols=True) as bar:
-        for start in range(0, len(source.items), 1024):  # bounded memory in flight
-            chunk = source.items[start:start + 1024]
-            for item, image in zip(chunk, pool.map(lambda i: _try_load(source, i), chunk)):
+        for start in range(0, len(items.items), 1024):  # bounded memory in flight
+            chunk = items.items[start:start + 1024]
+            for item, image in zip(chunk, pool.map(lambda i: _try_load(items, i), chunk)):
                 if image is None:
-                    skipped.append(source.name(item))
+                    skipped.append(items.name(item))
                     continue
                 out[kept] = image
                 kept += 1
@@ -268,9 +250,9 @@ def _decode(source: Source, path: str, shape: tuple[int, int, int], workers: int
     return kept, skipped
 
 
-def _try_load(source: Source, item) -> np.ndarray | None:
+def _try_load(items: Items, item) -> np.ndarray | None:
     try:
-        image = source.load(item)
+        image = items.load(item)
     except UserError:
         raise
     except Exception:  # PIL raises many types for truncated or non-image files

@@ -20,6 +20,18 @@ def import_torch() -> ModuleType:
     return torch
 
 
+def import_tfds() -> ModuleType:
+    """tensorflow-datasets, for CelebA (absent from some GPU images)."""
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise UserError("CelebA is read through tensorflow-datasets, which is not installed: "
+                        "pip install tensorflow-datasets array-record (TensorFlow is not "
+                        "needed). Or use --dataset folder with an extracted "
+                        "img_align_celeba directory.") from None
+    return tfds
+
+
 def import_tensorboardx() -> ModuleType | None:
     """tensorboardX, or None where it is not installed or does not import (e.g. against
     another protobuf): TensorBoard logs are then skipped."""

@@ -5,12 +5,10 @@ import os
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from PIL import Image
 
-from jax_dcgan import data
+from jax_dcgan import celeba, data
 from jax_dcgan.config import Config
-from jax_dcgan.errors import UserError
 from jax_dcgan.synthetic import draw_face
 
 
@@ -93,7 +91,7 @@ def test_folder_source_reads_nested_images_of_any_size_and_mode(tmp_path):
 
 def test_celeba_split_file_selects_the_split(tmp_path):
     names = _write_images(tmp_path / "imgs")
-    with open(tmp_path / "imgs" / data.PARTITION_FILE, "w") as f:
+    with open(tmp_path / "imgs" / celeba.PARTITION_FILE, "w") as f:
         for i, name in enumerate(names):
             f.write(f"{name} {0 if i < 3 else (1 if i < 5 else 2)}\n")
     counts = {}
@@ -109,8 +107,8 @@ def test_cache_is_reused_and_rebuilt_when_source_or_transform_changes(tmp_path, 
     cfg = Config(dataset="folder", data_dir=str(tmp_path / "imgs"), cache_dir=str(tmp_path / "c"),
                  split="all")
     calls = []
-    original = data._load_file
-    monkeypatch.setattr(data, "_load_file", lambda *a: calls.append(a) or original(*a))
+    original = data._load_image
+    monkeypatch.setattr(data, "_load_image", lambda *a: calls.append(a) or original(*a))
     first = np.array(data.load_dataset(cfg, quiet=True))
     assert len(calls) == 5
     again = data.load_dataset(cfg, quiet=True)
@@ -136,23 +134,6 @@ def test_damaged_cache_is_rebuilt(tmp_path):
     with pytest.warns(UserWarning, match="stale or damaged"):
         again = data.load_dataset(cfg, quiet=True)
     np.testing.assert_array_equal(images, again)
-
-
-def test_celeb_a_through_tfds_data_source_mock(tmp_path):
-    cfg = Config(dataset="celeb_a", cache_dir=str(tmp_path), image_size=32)
-    with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
-        images = data.load_dataset(cfg, quiet=True)
-    assert images.shape == (12, 32, 32, 3)
-
-
-def test_celeb_a_missing_explains_the_three_ways_in(tmp_path, monkeypatch):
-    def refuse(*args, **kwargs):
-        raise ConnectionError("no network")
-    monkeypatch.setattr(tfds, "data_source", refuse)
-    with pytest.raises(UserError) as e:
-        data.load_dataset(Config(dataset="celeb_a", data_dir=str(tmp_path)), quiet=True)
-    message = str(e.value)
-    assert "download" in message and "manual" in message and "--dataset folder" in message
 
 
 def test_epoch_order_is_a_permutation_that_changes_per_epoch():

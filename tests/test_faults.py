@@ -188,7 +188,7 @@ def test_image_loader_survives_random_and_mutated_bytes(tmp_path):
         Image.new("RGB", (37, 29), (200, 100, 50)).save(buffer, fmt)
         seeds.append(buffer.getvalue())
     path = tmp_path / "fuzz.png"
-    source = data.Source({}, [str(path)], lambda p: data._load_file(p, 160, 16))
+    items = data.Items([str(path)], lambda p: data._load_image(p, 160, 16))
     outcomes = {"image": 0, "skipped": 0}
     for i in range(400):
         if i % 4 == 0:
@@ -207,7 +207,7 @@ def test_image_loader_survives_random_and_mutated_bytes(tmp_path):
         path.write_bytes(bytes(blob))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            image = data._try_load(source, str(path))
+            image = data._try_load(items, str(path))
         if image is None:
             outcomes["skipped"] += 1
         else:
