@@ -1,4 +1,4 @@
-"""`jax-dcgan train | sample | convert | eval | bench | data prepare`.
+"""`jax-dcgan train | sample | convert | eval | bench | parity | data prepare`.
 
 Every bad input ends as one paragraph on stderr and exit status 2 (a UserError),
 never a traceback; a run that stops early exits with its own status. Heavy
@@ -18,8 +18,12 @@ from jax_dcgan.config import (BENCH_VARIANTS, PRESETS, Config, flag, preset,
                               read_config_file)
 from jax_dcgan.errors import TrainingStopped, UserError
 
+# The comparisons of `jax-dcgan parity` (jax_dcgan.parity.CHECK_NAMES, without importing it).
+PARITY_CHECKS = ["architecture"] + [f"{impl}-{check}" for impl in ("matmul", "xla") for check in (
+    "layers", "forward", "gradients", "one-step", "many-steps")] + [
+    "matmul-vs-xla", "multi-device", "default-precision"]
 # Subcommands that run XLA at length, for which the process restarts with huge pages.
-HEAVY_COMMANDS = ("train", "bench", "eval")
+HEAVY_COMMANDS = ("train", "bench", "eval", "parity")
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None,
@@ -176,9 +180,10 @@ def cmd_bench(args: argparse.Namespace) -> None:
         args.batch_size = 32 if jax.default_backend() == "cpu" else 128
     _positive(args, "steps", "repeats")
     _positive(args, "loop_epochs", minimum=2)  # the first epoch (compilation) is not timed
-    bench.main(config_from_args(args), args.steps, args.repeats,
-               tuple(args.variants) if args.variants else None, args.json, args.layers,
-               args.hlo_dir, args.loop_epochs, args.json_out)
+    cfg = config_from_args(args)
+    with runtime.float64_mode(cfg.dtype):
+        bench.main(cfg, args.steps, args.repeats, tuple(args.variants) if args.variants else None,
+                   args.json, args.layers, args.hlo_dir, args.loop_epochs, args.json_out)
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> None:
@@ -192,6 +197,42 @@ def cmd_data_prepare(args: argparse.Namespace) -> None:
     print(f"{cfg.dataset} ({cfg.split} split): {images.shape[0]} images of "
           f"{'x'.join(map(str, images.shape[1:]))} in {os.path.dirname(images.filename)}; "
           "train finds them there with the same --cache-dir and data flags.")
+
+
+def cmd_parity(args: argparse.Namespace) -> int:
+    if "jax" not in sys.modules:  # a CPU gets 4 devices, so that data parallelism is compared
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                   + " --xla_force_host_platform_device_count=4").strip()
+    import dataclasses as dc
+    import json
+
+    from tqdm.auto import tqdm
+
+    import jax
+
+    from jax_dcgan import convert, parity
+
+    cfg, state_dict = preset(args.preset) if args.preset else Config(), None
+    if args.checkpoint:
+        state_dict = convert.load_torch_file(args.checkpoint)
+        cfg = convert.config_for_state_dict(state_dict, cfg).validate()
+        convert.from_state_dict(state_dict, cfg.model)  # names the first mismatching tensor
+    setup = parity.default_setup(cfg, state_dict)
+    checks, rows = [(n, c) for n, c in parity.checks(setup) if n in (args.only or [n])], []
+    with parity.full_precision(), tqdm(checks, desc="parity", unit="check", disable=args.json,
+                                       dynamic_ncols=True) as bar:
+        for name, check in bar:
+            bar.set_postfix_str(name)
+            rows += [dc.replace(row, group=name) for row in check()]
+    failed = [row for row in rows if row.status == "FAIL"]
+    if args.json:
+        print(json.dumps({"jax_backend": jax.default_backend(), "torch_device": setup.device,
+                          "weights": args.checkpoint or "PyTorch's init, seed 0",
+                          "passed": not failed,
+                          "rows": [{**dc.asdict(r), "status": r.status} for r in rows]}, indent=2))
+    else:
+        print(parity.format_table(rows, setup, args.checkpoint))
+    return 1 if failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -260,6 +301,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "(train mode, as the lecture's grids); default batch")
     p.set_defaults(func=cmd_sample)
 
+    p = sub.add_parser("parity", help="compare JAX with the lecture's PyTorch model and step, "
+                                      "on this machine's devices")
+    p.add_argument("--checkpoint", metavar="MODEL.pt",
+                   help="a lecture-format state dict to compare with (default: PyTorch's "
+                        "initialization, seed 0)")
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help="activations and options of the model (default: the lecture's)")
+    p.add_argument("--only", nargs="+", metavar="CHECK", choices=PARITY_CHECKS,
+                   help=f"run only these: {' '.join(PARITY_CHECKS)} (default: all)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_parity)
+
     p = sub.add_parser("data", help="prepare a dataset's cache once (e.g. on a login node)")
     actions = p.add_subparsers(dest="action", required=True)
     q = actions.add_parser(
@@ -299,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         runtime.reexec_with_huge_pages()
     _quiet_libraries()
     try:
-        args.func(args)
+        return args.func(args) or 0
     except (UserError, TrainingStopped) as e:
         print(f"jax-dcgan {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code

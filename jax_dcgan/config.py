@@ -79,7 +79,9 @@ class Config:
         "torch", "weight init: PyTorch's defaults or DCGAN's N(0, 0.02)",
         choices=("torch", "dcgan"))
     dtype: str = _field(
-        "float32", "compute dtype (parameters, optimiser state and BatchNorm stay float32)",
+        "float32", "compute dtype: bfloat16 keeps parameters, optimiser state and BatchNorm "
+        "in float32; float64 computes and keeps everything in float64 (JAX's x64 mode for "
+        "the run; not on TPUs)",
         choices=("float32", "bfloat16", "float64"))
     conv_impl: str = _field(
         "auto", "convolutions: matmul (im2col + matrix products, fastest on CPUs), xla (XLA's "
@@ -110,6 +112,10 @@ class Config:
     checkpoint_minutes: float = _field(
         10.0, "also checkpoint when this many minutes have passed since the last one (0: off)")
     keep_checkpoints: int = _field(3, "how many recent checkpoints to keep")
+    grid_updates_stats: bool = _field(
+        True, "each epoch's grid is a train-mode pass of G, which also moves G's BatchNorm "
+              "running statistics and count, as the lecture's loop does (so model.pt equals "
+              "what it saves); off: grids leave the model untouched")
     eval_every: int = _field(0, "epochs between SWD/FID evaluations (0: off)")
     eval_samples: int = _field(2048, "images generated for each evaluation")
     devices: int = _field(0, "local devices to use (0: all)")

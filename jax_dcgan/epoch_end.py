@@ -26,11 +26,9 @@ from jax_dcgan.config import Config, ModelConfig
 from jax_dcgan.dispatch import Plan
 from jax_dcgan.errors import TrainingStopped, UserError
 from jax_dcgan.rundir import RunDir
-from jax_dcgan.sample import (draw_noise, generate, generate_images, make_grid,
-                              sampling_generator, save_png)
+from jax_dcgan.sample import GRID_IMAGES, generate_images, make_grid, sampling_generator, save_png
 from jax_dcgan.writers import ConsoleWriter, History, Writers
 
-FIXED_NOISE = 64  # the lecture's 8x8 grid
 PLOT_SECONDS = 30.0  # the loss plot is drawn at most this often, and at the end
 STOP_WAIT_SECONDS = 60.0  # a stopped run waits this long for the epoch outputs under way
 
@@ -82,8 +80,7 @@ class EpochEnd:
         self.run, self.cfg, self.model, self.plan, self.images = run, cfg, model, plan, images
         self.writers, self.console, self.history = writers, console, history
         self.best_diversity = best_diversity
-        self.noise = draw_noise(cfg.latent_dim, FIXED_NOISE, cfg.seed)
-        chosen = np.random.default_rng(0).choice(len(images), min(FIXED_NOISE, len(images)),
+        chosen = np.random.default_rng(0).choice(len(images), min(GRID_IMAGES, len(images)),
                                                  replace=False)
         self.reference = float(metrics.diversity(np.asarray(images[np.sort(chosen)])))
         # (step, epoch, grid, its diversity, samples to evaluate), all still on the device
@@ -99,11 +96,11 @@ class EpochEnd:
                 warnings.warn(f"FID is skipped during training: {e}")
                 self.fid = False
 
-    def start(self, state, step: int) -> None:
-        """Dispatch the device work of the epoch that ends at `step` (`state` as of then)."""
+    def start(self, state, step: int, grid) -> None:
+        """Dispatch the device work of the epoch that ends at `step` (`state` as of then,
+        `grid` the images of its grid pass)."""
         epoch = step // self.plan.steps_per_epoch
         generator = sampling_generator(state)
-        grid = generate(self.model, generator, self.noise, True)
         score = metrics.diversity(grid)
         samples = None
         if self.cfg.eval_every and epoch % self.cfg.eval_every == 0:
@@ -198,7 +195,7 @@ class NoEpochEnd:
     """For processes other than the first, which write nothing."""
     best_diversity = 0.0
 
-    def start(self, state, step: int) -> None:
+    def start(self, state, step: int, grid) -> None:
         pass
 
     def collect(self, wait: bool = False) -> None:

@@ -97,6 +97,14 @@ class Layout:
             return jit_train_steps(cfg)
         return pmap_train_steps(cfg, None if self.processes > 1 else self.devices)
 
+    def per_replica(self, fn: Callable) -> Callable:
+        """`fn(tree, shared)` on each device's copy of a placed tree, nothing leaving the
+        devices: jit on one device, pmap over several (`shared` broadcast to all)."""
+        if not self.parallel:
+            return jax.jit(fn)
+        return jax.pmap(fn, in_axes=(0, None),
+                        devices=None if self.processes > 1 else self.devices)
+
     def put(self, state: Any) -> Any:
         """A host or single-device state where the step function takes it."""
         if self.parallel:

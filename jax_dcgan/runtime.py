@@ -18,8 +18,12 @@ CPU: the bench's compile column, docs/BENCHMARKS.md).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from typing import Iterator
+
+from jax_dcgan.errors import UserError
 
 TUNABLE = "glibc.malloc.hugetlb"
 _THP_MODE = "/sys/kernel/mm/transparent_hugepage/enabled"
@@ -69,3 +73,23 @@ def enable_compilation_cache(cache_root: str) -> None:
 
     if not jax.config.jax_compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", os.path.join(cache_root, "xla"))
+
+
+@contextlib.contextmanager
+def float64_mode(dtype: str) -> Iterator[None]:
+    """JAX's 64-bit mode for a --dtype float64 run, and only for it: without it JAX
+    computes in float32 whatever the arrays were asked to be."""
+    if dtype != "float64":
+        yield
+        return
+    import jax
+
+    if jax.default_backend() == "tpu":
+        raise UserError("--dtype float64 is not available on TPUs (they have no float64 "
+                        "convolutions); use float32, or bfloat16 for speed.")
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", previous)

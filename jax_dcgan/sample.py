@@ -24,17 +24,28 @@ def generate(cfg: ModelConfig, generator: dict, noise: jax.Array, batch_stats_mo
     discarded, so sampling never changes a model. Otherwise the running statistics
     are used (eval mode).
     """
-    variables = {"params": generator["params"], "batch_stats": generator["batch_stats"]}
     if batch_stats_mode:
-        images, _ = Generator(cfg).apply(variables, noise, train=True, mutable=["batch_stats"])
-        return images
+        return grid_pass(cfg, generator, noise)[0]
+    variables = {"params": generator["params"], "batch_stats": generator["batch_stats"]}
     return Generator(cfg).apply(variables, noise, train=False)
+
+
+def grid_pass(cfg: ModelConfig, generator: dict, noise: jax.Array) -> tuple[jax.Array, dict]:
+    """The lecture's epoch grid, `model.generator(fixed_noise)` in train mode: normalised
+    with the batch's own statistics, and moving the running statistics (and their count)
+    as every train-mode pass does. (images, the new batch_stats)."""
+    variables = {"params": generator["params"], "batch_stats": generator["batch_stats"]}
+    images, new = Generator(cfg).apply(variables, noise, train=True, mutable=["batch_stats"])
+    return images, new["batch_stats"]
 
 
 def sampling_generator(state) -> dict:
     """The generator to sample from: the EMA of its weights when the run keeps one."""
     params = state.g_ema or state.generator["params"]
     return {"params": params, "batch_stats": state.generator["batch_stats"]}
+
+
+GRID_IMAGES = 64  # the lecture's 8x8 grid of fixed noise
 
 
 def draw_noise(latent_dim: int, num: int, seed: int) -> jax.Array:

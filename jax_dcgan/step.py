@@ -26,6 +26,7 @@ import optax
 from jax import lax
 
 from jax_dcgan.config import Config
+from jax_dcgan.errors import UserError
 from jax_dcgan.models import DTYPES, Discriminator, Generator, init_variables
 
 AXIS = "devices"  # the pmap axis of data parallelism
@@ -56,6 +57,14 @@ def create_train_state(cfg: Config, variables: dict | None = None, seed: int | N
     key = jax.random.PRNGKey(cfg.seed if seed is None else seed)
     init_key, rng = jax.random.split(key)
     variables = variables or init_variables(cfg.model, init_key)
+    if cfg.dtype == "float64":  # everything in float64, as the parity tests compare it
+        if not jax.config.jax_enable_x64:
+            raise UserError("--dtype float64 needs JAX's 64-bit mode: `jax-dcgan train` turns "
+                            "it on; in Python wrap the call in runtime.float64_mode('float64') "
+                            "or call jax.config.update('jax_enable_x64', True) first.")
+        variables = jax.tree.map(
+            lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a,
+            variables)
     tx_g, tx_d = optimizers(cfg)
     g_params = variables["generator"]["params"]
     return TrainState(

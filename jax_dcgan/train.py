@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import signal
 import time
@@ -27,6 +28,7 @@ from jax_dcgan.errors import Diverged, Interrupted, UserError
 from jax_dcgan.feeding import Batches, Feed, fits_on_device
 from jax_dcgan.layers import resolve_conv_impl
 from jax_dcgan.parallel import Layout, select_devices
+from jax_dcgan.sample import GRID_IMAGES, draw_noise, grid_pass, sampling_generator
 from jax_dcgan.step import METRICS, TrainState, create_train_state, metrics_dict
 from jax_dcgan.writers import Writers, open_writers
 
@@ -36,6 +38,11 @@ MAX_ROLLBACKS = 3
 def train(cfg: Config, out: str, resume: bool = False, quiet: bool = False) -> TrainState:
     """Train as `cfg` says, writing everything under `out`; returns the final state."""
     cfg.validate()
+    with runtime.float64_mode(cfg.dtype):
+        return _train(cfg, out, resume, quiet)
+
+
+def _train(cfg: Config, out: str, resume: bool, quiet: bool) -> TrainState:
     layout = Layout(select_devices(cfg))
     primary = distributed.is_primary()
     quiet = quiet or not primary
@@ -77,6 +84,8 @@ def train(cfg: Config, out: str, resume: bool = False, quiet: bool = False) -> T
                                              primary, quiet)
     epoch_end = (EpochEnd(run, cfg, run_cfg.model, plan, images, writers, console, history,
                           progress.get("best_diversity", 0.0)) if primary else NoEpochEnd())
+    grid_fn = layout.per_replica(functools.partial(grid_pass, run_cfg.model))
+    grid_noise = draw_noise(cfg.latent_dim, GRID_IMAGES, cfg.seed)
     feed, pending = Feed(plan, batches, start), PendingMetrics(cfg.batch_size)
     signals, rollbacks, last_save = StopSignals(), 0, time.monotonic()
     with _reporting_file_errors(run, checkpoints), writers, epoch_end, signals, feed:
@@ -93,7 +102,10 @@ def train(cfg: Config, out: str, resume: bool = False, quiet: bool = False) -> T
                                   epoch_end, feed, pending)
                 continue
             if plan.is_epoch_end(dispatch.end):
-                epoch_end.start(layout.local(state), dispatch.end)
+                grid, stats = grid_fn(sampling_generator(state), grid_noise)
+                if cfg.grid_updates_stats:
+                    state = state.replace(generator={**state.generator, "batch_stats": stats})
+                epoch_end.start(layout.local(state), dispatch.end, layout.local(grid))
             epoch_end.collect(wait=save or stop)
             if save or stop:
                 checkpoints.save(layout.savable(state), cfg,

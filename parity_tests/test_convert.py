@@ -12,7 +12,7 @@ from jax_dcgan.convert import config_for_state_dict, from_state_dict, to_state_d
 from jax_dcgan.models import init_variables
 from torch_reference import DCGAN
 
-from .common import SEED_CFG, SMALL_CFG, state_dict_numpy, torch_model
+from jax_dcgan.parity import SEED_CFG, SMALL_CFG, state_dict_numpy, torch_model
 
 LECTURE_KEYS = (
     [f"generator.{i}.weight" for i in (0,)]

@@ -13,7 +13,7 @@ import pytest
 from jax_dcgan.parallel import device_sharding, replicate
 from jax_dcgan.step import create_train_state, jit_train_steps, pmap_train_steps
 
-from .common import SEED_CFG, SMALL_CFG, float64, images
+from jax_dcgan.parity import SEED_CFG, SMALL_CFG, float64, images
 
 DEVICES = 4
 

@@ -30,7 +30,7 @@ def tiny_flags(cache_dir, **changes) -> list[str]:
     flags = []
     for name in ("image_size", "gen_features", "dis_features", "latent_dim", "batch_size",
                  "num_synthetic", "epochs", "steps", "log_every", "checkpoint_every", "cache_dir",
-                 "dataset", "data_dir", "devices", "seed", "steps_per_dispatch"):
+                 "dataset", "data_dir", "devices", "seed", "steps_per_dispatch", "dtype"):
         value = getattr(cfg, name)
         if value != "":
             flags += [f"--{name.replace('_', '-')}", str(value)]

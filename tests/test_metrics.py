@@ -11,6 +11,7 @@ from jax_dcgan.config import Config
 from jax_dcgan.dispatch import Plan
 from jax_dcgan.epoch_end import EpochEnd
 from jax_dcgan.rundir import RunDir
+from jax_dcgan.sample import GRID_IMAGES, draw_noise, grid_pass, sampling_generator
 from jax_dcgan.step import create_train_state
 from jax_dcgan.writers import ConsoleWriter, History, JsonlWriter, Writers
 
@@ -66,14 +67,20 @@ def test_diversity_monitor_fires_on_a_collapsed_generator(tmp_path, faces):
     writers = Writers(JsonlWriter(str(tmp_path / "metrics.jsonl")), history)
     monitor = EpochEnd(RunDir(str(tmp_path)), cfg, cfg.model, plan, faces, writers,
                        ConsoleWriter(plan, 1, 0, disable=True), history, best_diversity=0.0)
-    with_params = lambda p: state.replace(generator={**state.generator, "params": p})
+    noise = draw_noise(cfg.latent_dim, GRID_IMAGES, cfg.seed)
+
+    def start(params, step):
+        with_params = state.replace(generator={**state.generator, "params": params})
+        grid = grid_pass(cfg.model, sampling_generator(with_params), noise)[0]
+        monitor.start(with_params, step, grid)
+
     with monitor:
         for step, generator in ((10, alike), (20, diverse)):  # not diverse yet: no alarm
-            monitor.start(with_params(generator), step)
+            start(generator, step)
             monitor.collect(wait=True)
         best = monitor.best_diversity
         with pytest.warns(UserWarning, match="may have collapsed"):
-            monitor.start(with_params(alike), 30)
+            start(alike, 30)
             monitor.collect(wait=True)
     found = records(tmp_path)
     assert [r["collapsed"] for r in found] == [False, False, True]
