@@ -1,26 +1,29 @@
-"""CelebA without TensorFlow: tfds fetches and verifies the original files, Python reads them.
+"""CelebA without TensorFlow: tfds's URLs and checksums, resumable downloads, zipfile.
 
-tensorflow-datasets knows CelebA's URLs and registered checksums, and its download
-manager caches verified downloads and takes files placed in its manual directory.
-Preparing its own records needs TensorFlow (its zip extractor imports it), so this module
-stops after the download and reads `img_align_celeba.zip` with `zipfile` and the split
-from `list_eval_partition.txt`. Records that tfds already prepared elsewhere (array_record
-files, e.g. built with TensorFlow on another machine) are read instead when present.
+tensorflow-datasets knows CelebA's Google Drive URLs and the sizes and SHA-256 of its
+original files, and its download manager verifies files found in its manual directory.
+The files are fetched into that directory (resuming an interrupted download, which
+tfds's own downloader does not) and then verified by it. Preparing tfds's own records
+would need TensorFlow (its zip extractor imports it), so this module reads
+`img_align_celeba.zip` with `zipfile` and the split from `list_eval_partition.txt`.
+Records that tfds already prepared elsewhere (array_record files, e.g. built with
+TensorFlow on another machine) are read instead when present.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import json
 import os
-import socket
 import threading
 import urllib.parse
 import zipfile
 from typing import Callable, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from jax_dcgan.errors import UserError, summarize
 from jax_dcgan.optional import import_tfds
@@ -60,22 +63,41 @@ def manual_dir(root: str) -> str:
 
 
 def origin(root: str) -> str:
-    """Where the images will come from, decided without touching the network."""
-    return "tfds-array_record" if _prepared_builder(root) is not None else "original-files"
+    """Where the images will come from, decided from the files alone (no tfds, no network:
+    a cached dataset is found on machines without either)."""
+    return "tfds-array_record" if _records_prepared(root) else "original-files"
+
+
+def _records_prepared(root: str) -> bool:
+    """Whether tfds prepared CelebA under `root` as array_record files (tfrecord files
+    would need TensorFlow to read); tfds's dataset_info.json says which."""
+    for info in glob.glob(os.path.join(root, "celeb_a", "*", "dataset_info.json")):
+        try:
+            with open(info) as f:
+                if json.load(f).get("fileFormat") == "array_record":
+                    return True
+        except (OSError, ValueError):
+            continue
+    return False
 
 
 def open_split(root: str, split: str, quiet: bool = False) -> Images:
     """The split's images: from tfds's prepared records, else from the original files,
     downloaded (or taken from the manual directory) and verified first."""
-    builder = _prepared_builder(root)
-    if builder is not None:
-        return _prepared_split(builder, split)
+    if _records_prepared(root):
+        return _prepared_split(root, split)
     paths = download(root, quiet)
     return _original_split(paths["img_align_celeba"], paths["list_eval_partition"], split)
 
 
 def download(root: str, quiet: bool = False) -> dict[str, str]:
-    """The archive and the split file, verified against tfds's registered checksums."""
+    """The archive and the split file, verified against tfds's registered checksums.
+
+    Files missing from the manual directory are fetched into it under their original
+    names, an interrupted one resumed with an HTTP Range request (tfds's own downloader
+    starts every attempt from zero, which a 1.4 GB file from Google Drive may never
+    survive); tfds's download manager then verifies each against its registered size and
+    SHA-256, as it does files placed there by hand."""
     with _library_errors():
         tfds = import_tfds()
         from tensorflow_datasets.datasets.celeb_a import celeb_a_dataset_builder as celeb_a
@@ -88,28 +110,60 @@ def download(root: str, quiet: bool = False) -> dict[str, str]:
     if quiet:
         tfds.disable_progress_bar()
     with _download_errors(root):
-        _fail_fast_offline(root, {url: registered[url].filename for url in urls.values()})
+        for url in urls.values():
+            target = os.path.join(manual_dir(root), registered[url].filename)
+            if not os.path.exists(target):
+                _fetch(url, target, int(registered[url].size), quiet)
         return {key: os.fspath(path) for key, path in manager.download(urls).items()}
 
 
-def _fail_fast_offline(root: str, filenames: dict[str, str]) -> None:
-    """Without a network, tfds's downloader retries for minutes before it gives up; when
-    some file is neither in the manual directory nor downloaded before (tfds records each
-    download's URL in a .INFO file beside it), fail at once if the host cannot be resolved."""
-    downloaded = set()
-    for folder, _, files in os.walk(os.path.join(root, "downloads")):
-        for name in files:
-            if name.endswith(".INFO"):
-                with open(os.path.join(folder, name)) as f:
-                    downloaded.update(json.load(f).get("urls", []))
-    for url, filename in filenames.items():
-        if url in downloaded or os.path.exists(os.path.join(manual_dir(root), filename)):
-            continue
-        host = urllib.parse.urlparse(url).hostname
-        try:
-            socket.getaddrinfo(host, 443)
-        except OSError as e:
-            raise ConnectionError(f"{host} cannot be resolved ({e})") from None
+class DriveRefused(Exception):
+    """Google Drive answered with a page instead of the file (its quota page)."""
+
+
+def _fetch(url: str, target: str, size: int, quiet: bool) -> None:
+    """Download `url` to `target` through `target.part`, continuing a partial one."""
+    import requests
+
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    part = target + ".part"
+    have = os.path.getsize(part) if os.path.exists(part) else 0
+    if have < size:
+        with requests.Session() as session, _get(session, url, have) as response:
+            resumed = response.status_code == 206  # else the server sent the whole file
+            with open(part, "ab" if resumed else "wb") as f, tqdm(
+                    total=size, initial=have if resumed else 0, unit="B", unit_scale=True,
+                    unit_divisor=1024, desc=f"downloading {os.path.basename(target)}",
+                    disable=quiet, dynamic_ncols=True) as bar:
+                for block in response.iter_content(1 << 20):
+                    bar.update(f.write(block))
+    os.replace(part, target)
+
+
+def _get(session, url: str, have: int):
+    """The file's response from `have` on, through Google Drive's confirmation form for
+    files too large for its virus scan."""
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    response = session.get(url, stream=True, headers=headers, timeout=60)
+    if "Content-Disposition" not in response.headers:
+        page = response.text
+        response.close()
+        response = session.get(_confirmed(url, page), stream=True, headers=headers, timeout=60)
+    response.raise_for_status()
+    if "Content-Disposition" not in response.headers:
+        raise DriveRefused(f"{url} answered with a page, not the file")
+    return response
+
+
+def _confirmed(url: str, page: str) -> str:
+    """The download link in Google Drive's "can't scan this file for viruses" form."""
+    from bs4 import BeautifulSoup
+
+    form = BeautifulSoup(page, "html.parser").find("form")
+    if form is None or not form.get("action"):
+        raise DriveRefused(f"{url} answered with a page that offers no download")
+    fields = {i["name"]: i.get("value", "") for i in form.find_all("input") if i.get("name")}
+    return f"{urllib.parse.urljoin(url, form['action'])}?{urllib.parse.urlencode(fields)}"
 
 
 def read_partition(path: str, split: str) -> set[str]:
@@ -144,7 +198,7 @@ def _original_split(archive: str, partition: str, split: str) -> Images:
                         f"{archive} (e.g. {', '.join(missing[:3])}); the two files do not "
                         "belong together. Replace them with CelebA's originals.")
     reader = _ZipReader(archive)
-    names = sorted(wanted)  # the order of tfds's own CelebA records within a split
+    names = sorted(wanted)  # a stable order (tfds's records are shuffled: another order)
     return Images([members[n] for n in names], reader.read, os.path.basename)
 
 
@@ -160,21 +214,10 @@ class _ZipReader:
         return self.local.zip.read(member)
 
 
-def _prepared_builder(root: str):
-    """tfds's CelebA builder if its array_record files are prepared under `root`, else None."""
-    if not os.path.isdir(os.path.join(root, "celeb_a")):
-        return None
-    with _library_errors():
-        tfds = import_tfds()
-        builder = tfds.builder("celeb_a", data_dir=root, file_format="array_record")
-        readable = tfds.core.FileFormat.ARRAY_RECORD  # tfrecord files would need TensorFlow
-        return builder if builder.is_prepared() and builder.info.file_format == readable else None
-
-
-def _prepared_split(builder, split: str) -> Images:
+def _prepared_split(root: str, split: str) -> Images:
     name = TFDS_SPLITS[split]
     with _library_errors():
-        records = builder.as_data_source(split=name)
+        records = import_tfds().builder("celeb_a", data_dir=root).as_data_source(split=name)
     return Images(range(len(records)), lambda i: records[i]["image"],
                   lambda i: f"celeb_a[{name}][{i}]")
 
@@ -224,26 +267,25 @@ def _download_errors(root: str):
 
 def _download_failure(error: Exception) -> str | None:
     """What went wrong with a download, in one sentence; None if it is not a download error."""
+    import requests
     from tensorflow_datasets.core.download import download_manager, util
 
     if isinstance(error, download_manager.NonMatchingChecksumError):
         details = " ".join(str(error).split())  # the file, expected and got
-        return (f"a file is not the one tfds registered for CelebA ({details}). Google Drive "
-                "serves a warning or quota page instead of the file when CelebA has been "
-                "downloaded too often, and a damaged or different file in the manual "
-                "directory fails the same way: delete that file, then retry later or place "
-                "the originals by hand.")
-    if isinstance(error, ValueError) and "GDrive" in str(error):
+        return (f"a file is not the one tfds registered for CelebA ({details}); a damaged, "
+                "truncated or different file fails this way. Delete that file and run again, "
+                "or place the originals by hand.")
+    if isinstance(error, DriveRefused):
         return (f"Google Drive did not offer the file ({summarize(error)}), as it does when "
-                "CelebA's daily download quota is used up. Retry in a day or place the files "
-                "by hand.")
-    if isinstance(error, util.DownloadError):
+                "CelebA's daily download quota is used up. Retry in a day (a partial download "
+                "resumes) or place the files by hand.")
+    if isinstance(error, (util.DownloadError, requests.HTTPError)):
         return f"the server refused ({summarize(error)}). Retry later or place the files by hand."
-    if isinstance(error, ConnectionError) or type(error).__module__.split(".")[0] in (
-            "requests", "urllib3"):
-        return (f"the network is not reachable ({summarize(error)}). Compute nodes often have "
-                "none: run `jax-dcgan data prepare` where there is a network first, with the "
-                "same --cache-dir, and the cache is found without downloading.")
+    if isinstance(error, (ConnectionError, requests.RequestException)):
+        return (f"the network failed ({summarize(error)}); run again and an interrupted "
+                "download resumes where it stopped. Compute nodes often have no network: run "
+                "`jax-dcgan data prepare` where there is one first, with the same "
+                "--cache-dir, and the cache is found without downloading.")
     if isinstance(error, OSError):
         return f"a file could not be written or read ({summarize(error)})."
     return None

@@ -13,9 +13,11 @@ import contextlib
 import os
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 import tensorstore as ts
 
+from jax_dcgan import runtime
 from jax_dcgan.config import Config
 from jax_dcgan.errors import UserError, summarize
 from jax_dcgan.step import TrainState, create_train_state
@@ -74,14 +76,16 @@ class Checkpoints:
         except Exception as e:  # orbax and tensorstore raise many types for damaged files
             raise _unreadable(path, summarize(e)) from None
         sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
-                                jax.eval_shape(lambda: create_train_state(cfg)))
-        try:
-            state = self._manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract))).state
-        except Exception as e:  # readable but not this configuration's tree
-            raise _unreadable(path, _first_mismatch(os.path.join(path, "state"), cfg)
-                              or summarize(e)) from None
+        with runtime.float64_mode(cfg.dtype):
+            abstract = jax.tree.map(
+                lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                jax.eval_shape(lambda: create_train_state(cfg)))
+            try:
+                state = self._manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract))).state
+            except Exception as e:  # readable but not this configuration's tree
+                raise _unreadable(path, _first_mismatch(os.path.join(path, "state"), cfg)
+                                  or summarize(e)) from None
         return state, cfg, progress
 
     def wait(self) -> None:
@@ -164,7 +168,12 @@ def locate(path: str) -> tuple[str, int | None]:
 
 
 def load(path: str) -> tuple[TrainState, Config]:
-    """The train state and config stored at `path` (see `locate`)."""
+    """The train state and config stored at `path` (see `locate`). A float64 run's come
+    back in float32, as sampling, evaluation and the lecture's .pt format use them."""
     directory, step = locate(path)
     state, cfg, _ = Checkpoints(directory, read_only=True).restore(step)
+    if cfg.dtype == "float64":
+        state = jax.tree.map(lambda a: a.astype(np.float32)
+                             if np.issubdtype(a.dtype, np.floating) else a, state)
+        cfg = cfg.replace(dtype="float32")
     return state, cfg

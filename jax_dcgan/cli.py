@@ -224,15 +224,14 @@ def cmd_parity(args: argparse.Namespace) -> int:
         for name, check in bar:
             bar.set_postfix_str(name)
             rows += [dc.replace(row, group=name) for row in check()]
-    failed = [row for row in rows if row.status == "FAIL"]
+    passed = parity.passed(rows)
     if args.json:
         print(json.dumps({"jax_backend": jax.default_backend(), "torch_device": setup.device,
                           "weights": args.checkpoint or "PyTorch's init, seed 0",
-                          "passed": not failed,
-                          "rows": [{**dc.asdict(r), "status": r.status} for r in rows]}, indent=2))
+                          "passed": passed, "rows": [parity.as_json(r) for r in rows]}, indent=2))
     else:
         print(parity.format_table(rows, setup, args.checkpoint))
-    return 1 if failed else 0
+    return 0 if passed else 1
 
 
 def build_parser() -> argparse.ArgumentParser:

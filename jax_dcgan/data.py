@@ -118,8 +118,9 @@ def folder_source(cfg: Config) -> Source:
     return Source({"dataset": "folder", "root": root, "split": split_note, "count": len(paths),
                    "files": fingerprint.hexdigest(), "crop_size": cfg.crop_size,
                    "image_size": cfg.image_size},
-                  lambda quiet: Items(paths, lambda p: _load_image(p, cfg.crop_size, cfg.image_size),
-                                lambda p: os.path.relpath(p, root)))
+                  lambda quiet: Items(
+                      paths, lambda p: _load_image(p, cfg.crop_size, cfg.image_size),
+                      lambda p: os.path.relpath(p, root)))
 
 
 def _find_partition_file(root: str) -> str | None:

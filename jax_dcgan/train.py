@@ -102,9 +102,7 @@ def _train(cfg: Config, out: str, resume: bool, quiet: bool) -> TrainState:
                                   epoch_end, feed, pending)
                 continue
             if plan.is_epoch_end(dispatch.end):
-                grid, stats = grid_fn(sampling_generator(state), grid_noise)
-                if cfg.grid_updates_stats:
-                    state = state.replace(generator={**state.generator, "batch_stats": stats})
+                state, grid = epoch_grid(grid_fn, state, grid_noise, cfg.grid_updates_stats)
                 epoch_end.start(layout.local(state), dispatch.end, layout.local(grid))
             epoch_end.collect(wait=save or stop)
             if save or stop:
@@ -117,6 +115,18 @@ def _train(cfg: Config, out: str, resume: bool, quiet: bool) -> TrainState:
     if primary:
         export_torch(state, cfg.model, run.file("model.pt"), quiet)
     return state
+
+
+def epoch_grid(grid_fn, state: TrainState, noise, updates_stats: bool):
+    """(state, the epoch's grid). The lecture draws its grid with G in train mode, which
+    moves G's running statistics; with an EMA the grid shows the average's samples, while
+    the statistics move as a pass of the trained weights would move them."""
+    grid, stats = grid_fn(sampling_generator(state), noise)
+    if not updates_stats:
+        return state, grid
+    if state.g_ema:
+        stats = grid_fn(state.generator, noise)[1]
+    return state.replace(generator={**state.generator, "batch_stats": stats}), grid
 
 
 def load_images(cfg: Config, primary: bool, quiet: bool) -> np.ndarray:

@@ -45,7 +45,8 @@ def write_archive(folder: str, count: int, quality: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=4000)
-    parser.add_argument("--quality", type=int, default=93, help="JPEG quality of the fakes (93: about CelebA's 7.1 KB)")
+    parser.add_argument("--quality", type=int, default=93,
+                        help="JPEG quality of the fakes (93: about CelebA's 7.1 KB)")
     parser.add_argument("--workers", type=int, default=None)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -7,9 +7,9 @@ confirmation page before the large archive.
 """
 
 import io
+import json
 import os
 import re
-import socket
 import sys
 import zipfile
 
@@ -61,9 +61,11 @@ def _write_originals(folder) -> dict[str, str]:
 
 
 class _Response:
-    def __init__(self, url: str, body: bytes, filename: str | None = None):
-        self.url, self.status_code, self.body = url, 200, body
-        self.headers = {"Content-length": str(len(body))}
+    def __init__(self, url: str, body: bytes, filename: str | None = None, start: int = 0,
+                 cut_after: int | None = None):
+        self.url, self.body, self.cut_after = url, body[start:], cut_after
+        self.status_code = 206 if start else 200
+        self.headers = {"Content-length": str(len(self.body))}
         if filename:
             self.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
 
@@ -71,8 +73,18 @@ class _Response:
     def text(self) -> str:
         return self.body.decode()
 
+    def raise_for_status(self) -> None:
+        pass
+
     def iter_content(self, chunk_size: int):
-        return (self.body[i:i + chunk_size] for i in range(0, len(self.body), chunk_size))
+        chunk_size = min(chunk_size, 4096)  # a network's small pieces
+        for i in range(0, len(self.body), chunk_size):
+            if self.cut_after is not None and i >= self.cut_after:
+                raise requests.ConnectionError("Connection reset by peer")
+            yield self.body[i:i + chunk_size]
+
+    def close(self) -> None:
+        pass
 
     def __enter__(self):
         return self
@@ -82,15 +94,17 @@ class _Response:
 
 
 class FakeDrive:
-    """Google Drive as tfds's downloader meets it: small files at once, the archive after
-    its "can't scan this file for viruses" form; or a quota page with no form."""
+    """Google Drive as a downloader meets it: small files at once, the archive after its
+    "can't scan this file for viruses" form (or a quota page with no form), byte ranges
+    honoured; `cut_after` bytes of the archive, the connection drops once."""
 
-    def __init__(self, files: dict[str, str], quota_exceeded: bool = False):
+    def __init__(self, files: dict[str, str], quota_exceeded: bool = False,
+                 cut_after: int | None = None):
         self.files = {re.search(r"id=([\w-]+)", url).group(1): path for url, path in files.items()}
-        self.quota_exceeded, self.requests = quota_exceeded, []
+        self.quota_exceeded, self.cut_after, self.requests = quota_exceeded, cut_after, []
 
-    def get(self, url, **kwargs):  # set on Session as a bound method: no session argument
-        self.requests.append(url)
+    def get(self, url, headers=None, **kwargs):  # set on Session as a bound method
+        self.requests.append((url, (headers or {}).get("Range")))
         file_id = re.search(r"id=([\w-]+)", url).group(1)
         path = self.files[file_id]
         if url.startswith("https://drive.google.com/") and path.endswith(".zip"):
@@ -100,23 +114,21 @@ class FakeDrive:
                 '<input type="hidden" name="export" value="download">'
                 '<input type="hidden" name="confirm" value="t"></form>')
             return _Response(url, f"<html><body>Google Drive {form}</body></html>".encode())
+        start = int(re.match(r"bytes=(\d+)-", headers["Range"]).group(1)) if headers else 0
+        cut = None
+        if path.endswith(".zip"):
+            cut, self.cut_after = self.cut_after, None
         with open(path, "rb") as f:
-            return _Response(url, f.read(), os.path.basename(path))
+            return _Response(url, f.read(), os.path.basename(path), start, cut)
 
 
 def _use_network(monkeypatch, drive: FakeDrive | None) -> None:
-    """The network is `drive`, or nothing at all (None): names do not resolve, requests fail."""
-    def resolve(host, port, *args, **kwargs):
-        if drive is None:
-            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.1", port))]
-
-    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    """The network is `drive`, or none at all (None): every request fails."""
     monkeypatch.setattr(requests.Session, "get", drive.get if drive else _refuse)
 
 
 def _refuse(session, url, **kwargs):
-    raise requests.ConnectionError(f"Connection to drive.google.com timed out ({url})")
+    raise requests.ConnectionError(f"Failed to resolve 'drive.google.com' ({url})")
 
 
 @pytest.fixture
@@ -198,22 +210,35 @@ def test_manual_directory_is_used_and_verified(originals, tmp_path, monkeypatch,
 @pytest.mark.parametrize("fault, cause", [
     ("quota", "quota is used up"),
     ("no bs4", "pip install beautifulsoup4"),
-    ("offline", "network is not reachable"),  # no name resolves: fails before tfds retries
-    ("unreachable", "network is not reachable"),  # names resolve, connections fail
+    ("offline", "network failed"),
 ])
 def test_download_failures_name_their_cause(fault, cause, originals, tmp_path, monkeypatch,
                                             capsys):
     drive = FakeDrive(originals, quota_exceeded=fault == "quota")
     _use_network(monkeypatch, None if fault == "offline" else drive)
-    if fault == "unreachable":
-        monkeypatch.setattr(requests.Session, "get", _refuse)
     if fault == "no bs4":  # needed for Drive's confirmation page
         monkeypatch.setitem(sys.modules, "bs4", None)
     assert _prepare(tmp_path / "tfds", tmp_path / "cache") == 2
     message = capsys.readouterr().err
     assert cause in message and "Traceback" not in message and "\n" not in message.strip()
-    assert not os.path.exists(tmp_path / "cache") or not [
-        d for d in os.listdir(tmp_path / "cache") if not d.startswith(".")]
+    assert not os.path.exists(tmp_path / "cache") or not os.listdir(tmp_path / "cache")
+
+
+def test_an_interrupted_download_resumes(originals, tmp_path, monkeypatch, capsys):
+    archive = originals[celeb_a_builder.IMG_ALIGNED_DATA]
+    size = os.path.getsize(archive)
+    drive = FakeDrive(originals, cut_after=size // 2)
+    _use_network(monkeypatch, drive)
+    assert _prepare(tmp_path / "tfds", tmp_path / "cache") == 2
+    assert "resumes where it stopped" in capsys.readouterr().err
+    part = tmp_path / "tfds" / "downloads" / "manual" / "img_align_celeba.zip.part"
+    partial = part.stat().st_size
+    assert size // 2 <= partial < size
+
+    assert _prepare(tmp_path / "tfds", tmp_path / "cache") == 0  # the rest, then verified
+    ranges = [r for url, r in drive.requests if "usercontent" in url]
+    assert ranges == [None, f"bytes={partial}-"]
+    assert not part.exists() and (part.parent / "img_align_celeba.zip").stat().st_size == size
 
 
 @pytest.mark.parametrize("damage, cause", [
@@ -237,19 +262,31 @@ def test_registered_but_damaged_files_are_named(damage, cause, originals, tmp_pa
     assert cause in message and "Traceback" not in message
 
 
-def test_records_prepared_by_tfds_are_read_when_present(tmp_path, monkeypatch):
+def _tfds_prepared(root, file_format: str) -> None:
+    """What tfds leaves after preparing CelebA: its dataset_info.json names the format."""
+    os.makedirs(root / "celeb_a" / "2.1.0")
+    (root / "celeb_a" / "2.1.0" / "dataset_info.json").write_text(
+        json.dumps({"name": "celeb_a", "version": "2.1.0", "fileFormat": file_format}))
+
+
+def test_records_prepared_by_tfds_are_read_when_present(tmp_path):
     """array_record files that tfds prepared (elsewhere, with TensorFlow) are read as they
-    are; tfds's mock stands in for them."""
+    are; tfds's mock stands in for their contents."""
     import tensorflow_datasets as tfds
 
-    monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: True)
-    os.makedirs(tmp_path / "tfds" / "celeb_a")
+    _tfds_prepared(tmp_path / "tfds", "array_record")
     cfg = Config(dataset="celeb_a", data_dir=str(tmp_path / "tfds"), cache_dir=str(tmp_path),
                  image_size=32)
     with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
-        monkeypatch.setattr(tfds.core.DatasetInfo, "file_format",
-                            tfds.core.FileFormat.ARRAY_RECORD)
         images = data.load_dataset(cfg, quiet=True)
     assert images.shape == (12, 32, 32, 3)
     (cache,) = [d for d in os.listdir(tmp_path) if d.startswith("celeb_a-")]
     assert "tfds-array_record" in (tmp_path / cache / "manifest.json").read_text()
+
+
+def test_records_in_tfrecord_format_fall_back_to_the_original_files(originals, tmp_path,
+                                                                  monkeypatch):
+    """tfds's default format needs TensorFlow to read: the original files are used."""
+    _tfds_prepared(tmp_path / "tfds", "tfrecord")
+    _use_network(monkeypatch, FakeDrive(originals))
+    assert _prepare(tmp_path / "tfds", tmp_path / "cache") == 0
