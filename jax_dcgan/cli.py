@@ -113,9 +113,9 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
         from jax_dcgan.step import create_train_state
 
-        if os.path.exists(args.out) and os.listdir(args.out):
-            raise UserError(f"{args.out!r} exists and is not empty; convert into a new directory "
-                            "so that nothing in it is overwritten.")
+        if os.path.isfile(args.out) or (os.path.isdir(args.out) and os.listdir(args.out)):
+            raise UserError(f"{args.out!r} exists (a file, or a directory that is not empty); "
+                            "convert into a new directory so that nothing is overwritten.")
         state_dict = convert.load_torch_file(args.from_torch)
         base = preset(args.preset) if args.preset else Config()
         cfg = convert.config_for_state_dict(state_dict, base).validate()
@@ -180,6 +180,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
         args.batch_size = 32 if jax.default_backend() == "cpu" else 128
     _positive(args, "steps", "repeats")
     _positive(args, "loop_epochs", minimum=2)  # the first epoch (compilation) is not timed
+    if args.hlo_dir and os.path.exists(args.hlo_dir) and not os.path.isdir(args.hlo_dir):
+        raise UserError(f"--hlo-dir {args.hlo_dir!r} is a file; give a directory (it is "
+                        "created if missing).")
     cfg = config_from_args(args)
     with runtime.float64_mode(cfg.dtype):
         bench.main(cfg, args.steps, args.repeats, tuple(args.variants) if args.variants else None,
@@ -355,6 +358,10 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, TrainingStopped) as e:
         print(f"jax-dcgan {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except MemoryError:
+        print(f"jax-dcgan {args.command}: error: the host ran out of memory; smaller sizes "
+              "(--batch-size, --image-size, --num, the dataset) need less.", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"jax-dcgan {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -216,6 +216,9 @@ def read_config_file(path: str) -> dict[str, Any]:
             text = f.read()
     except OSError as e:
         raise UserError(f"Could not read the config file {path!r} ({e.strerror}).") from None
+    except UnicodeDecodeError:
+        raise UserError(f"The config file {path!r} is not text; give a JSON or YAML file "
+                        "(e.g. a run's config.json).") from None
     if os.path.splitext(path)[1].lower() in (".yaml", ".yml"):
         import yaml
 

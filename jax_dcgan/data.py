@@ -204,8 +204,12 @@ def _open_cache(directory: str, manifest: dict) -> np.ndarray | None:
 def _build_cache(source: Source, manifest: dict, shape: tuple[int, int, int], directory: str,
                  workers: int | None, quiet: bool) -> None:
     items = source.open(quiet)
-    os.makedirs(os.path.dirname(directory), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".building-", dir=os.path.dirname(directory))
+    try:
+        os.makedirs(os.path.dirname(directory), exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".building-", dir=os.path.dirname(directory))
+    except OSError as e:
+        raise UserError(f"The dataset cache cannot be written in {os.path.dirname(directory)!r} "
+                        f"({e.strerror}); give --cache-dir a writable directory.") from None
     try:
         kept, skipped = _decode(items, os.path.join(tmp, "images.npy"), shape,
                                 workers or min(8, (os.cpu_count() or 1) + 2),
