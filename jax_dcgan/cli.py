@@ -242,7 +242,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="jax-dcgan", description="The DCGAN of STAT 453 L18.6 in JAX: exact and fast.")
     parser.add_argument("--version", action="version", version=f"jax-dcgan {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_train_command(sub)
+    _add_bench_command(sub)
+    _add_eval_command(sub)
+    _add_sample_command(sub)
+    _add_parity_command(sub)
+    _add_data_command(sub)
+    _add_convert_command(sub)
+    return parser
 
+
+def _add_train_command(sub) -> None:
     p = sub.add_parser("train", help="train on synthetic faces, a folder of images or CelebA")
     p.add_argument("--out", required=True, help="run directory: metrics, samples, checkpoints")
     p.add_argument("--resume", action="store_true",
@@ -259,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p)
     p.set_defaults(func=cmd_train)
 
+
+def _add_bench_command(sub) -> None:
     p = sub.add_parser("bench", help="time the training step: PyTorch and JAX side by side")
     p.add_argument("--steps", type=int, default=10,
                    help="steps per timed block, per fused call and per train-loop epoch")
@@ -279,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "cache_dir"), with_preset=False)
     p.set_defaults(func=cmd_bench)
 
+
+def _add_eval_command(sub) -> None:
     p = sub.add_parser("eval", help="FID and SWD of a checkpoint's samples against a dataset")
     p.add_argument("--checkpoint", required=True, help="run, checkpoints or step directory")
     p.add_argument("--num", type=int, default=2048, help="samples (and real images) to compare")
@@ -291,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "cache_dir"), with_preset=False)
     p.set_defaults(func=cmd_eval)
 
+
+def _add_sample_command(sub) -> None:
     p = sub.add_parser("sample", help="draw a grid of faces from a checkpoint")
     p.add_argument("--checkpoint", required=True, help="run, checkpoints or step directory")
     p.add_argument("--num", type=int, default=None, help="number of images (default 64)")
@@ -303,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(train mode, as the lecture's grids); default batch")
     p.set_defaults(func=cmd_sample)
 
+
+def _add_parity_command(sub) -> None:
     p = sub.add_parser("parity", help="compare JAX with the lecture's PyTorch model and step, "
                                       "on this machine's devices")
     p.add_argument("--checkpoint", metavar="MODEL.pt",
@@ -315,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_parity)
 
+
+def _add_data_command(sub) -> None:
     p = sub.add_parser("data", help="prepare a dataset's cache once (e.g. on a login node)")
     actions = p.add_subparsers(dest="action", required=True)
     q = actions.add_parser(
@@ -326,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "num_synthetic", "data_seed", "cache_dir"))
     q.set_defaults(func=cmd_data_prepare)
 
+
+def _add_convert_command(sub) -> None:
     p = sub.add_parser("convert", help="convert between the lecture's .pt and a checkpoint")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--from-torch", metavar="MODEL.pt", help="lecture-format state dict")
@@ -334,7 +356,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=sorted(PRESETS),
                    help="activations of the converted model (--from-torch); default: the lecture's")
     p.set_defaults(func=cmd_convert)
-    return parser
 
 
 def _quiet_libraries() -> None:

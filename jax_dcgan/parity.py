@@ -180,6 +180,17 @@ def adam_moments_torch(model, optimizers, net: str, moment: str) -> dict[str, np
             for name, p in getattr(model, net).named_parameters()}
 
 
+def moment_errors(state, model, optimizers, cfg: Config) -> list[np.ndarray]:
+    """|ours - PyTorch's| / the scale of PyTorch's, per Adam moment tensor of both nets."""
+    errors = []
+    for net, opt_state in (("generator", state.g_opt), ("discriminator", state.d_opt)):
+        for ours, name in ((opt_state[0].mu, "exp_avg"), (opt_state[0].nu, "exp_avg_sq")):
+            theirs = adam_moments_torch(model, optimizers, net, name)
+            errors += [np.abs(v - theirs[k]) / np.abs(theirs[k]).max()
+                       for k, v in flax_tree_as_torch(ours, net, cfg).items()]
+    return errors
+
+
 def _max(pairs) -> float:
     return max((float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)),
                               initial=0)) for a, b in pairs), default=0.0)
@@ -429,15 +440,8 @@ def one_step(setup: Setup, impl: str, batch: int = 16) -> list[Row]:
                          cfg.model)
     diffs = np.concatenate([np.abs(np.asarray(ours[k], np.float64) - v).ravel()
                             for k, v in state_dict_numpy(model).items()])
-    moments, moment_max = [], 0.0
-    for net, opt_state in (("generator", state.g_opt), ("discriminator", state.d_opt)):
-        for ours_moment, name in ((opt_state[0].mu, "exp_avg"), (opt_state[0].nu, "exp_avg_sq")):
-            theirs_moment = adam_moments_torch(model, optimizers, net, name)
-            for k, v in flax_tree_as_torch(ours_moment, net, cfg).items():
-                relative = np.abs(v - theirs_moment[k]) / np.abs(theirs_moment[k]).max()
-                moments.append(relative.ravel())
-                moment_max = max(moment_max, float(relative.max()))
-    moments = np.concatenate(moments)
+    moments = np.concatenate([e.ravel() for e in moment_errors(state, model, optimizers, cfg)])
+    moment_max = float(moments.max())
     lr = max(cfg.lr_g, cfg.lr_d)
     loss = lambda k: abs(metrics[0][k] - logs[0][k]) / abs(logs[0][k])
     return [
@@ -477,19 +481,13 @@ def many_steps(setup: Setup, impl: str, steps: int = 12, batch: int = 8) -> list
                                                            device=setup.device)
         ours = to_state_dict({"generator": state.generator, "discriminator": state.discriminator},
                              cfg.model)
-        moments = []
-        for net, opt_state in (("generator", state.g_opt), ("discriminator", state.d_opt)):
-            for ours_moment, name in ((opt_state[0].mu, "exp_avg"),
-                                      (opt_state[0].nu, "exp_avg_sq")):
-                theirs = adam_moments_torch(model, optimizers, net, name)
-                moments += [(v / np.abs(theirs[k]).max(), theirs[k] / np.abs(theirs[k]).max())
-                            for k, v in flax_tree_as_torch(ours_moment, net, cfg).items()]
+        moments = max(float(e.max()) for e in moment_errors(state, model, optimizers, cfg))
         losses = max(abs(m[k] - t[k]) for m, t in zip(metrics, logs) for k in m)
         what = f"{steps} steps, float64 (widths 8, seed-0 init)"
         return [Row(f"{what}: losses and accuracies, max", losses, 1e-9, F64),
                 Row(f"{what}: params + stats, max",
                     _max((ours[k], v) for k, v in state_dict_numpy(model).items()), 1e-9, F64),
-                Row(f"{what}: Adam moments, max / scale", _max(moments), 1e-9, F64)]
+                Row(f"{what}: Adam moments, max / scale", moments, 1e-9, F64)]
 
 
 def multi_device(setup: Setup, batch: int = 8) -> list[Row]:
