@@ -115,6 +115,18 @@ class Checkpoints:
             self._manager.close()
 
 
+def restart_advice(directory: str, processes: int) -> str:
+    """What every process of a run that lost one should do, from what is on disk now
+    (orbax renames a step's directory into place only once it is complete)."""
+    steps = [int(name) for name in os.listdir(directory) if name.isdigit()] \
+        if os.path.isdir(directory) else []
+    if not steps:
+        return (f"No checkpoint was written yet: start all {processes} processes again with "
+                "--resume, which starts the run over in the same directory.")
+    return (f"The last intact checkpoint is step {max(steps)} in {directory}: start all "
+            f"{processes} processes again with --resume to continue from it.")
+
+
 def _unreadable(path: str, reason: str) -> UserError:
     return UserError(
         f"The checkpoint {path!r} could not be read ({reason}). It is damaged, partly "

@@ -16,7 +16,7 @@ import sys
 from jax_dcgan import __version__, runtime
 from jax_dcgan.config import (BENCH_VARIANTS, PRESETS, Config, flag, preset,
                               read_config_file)
-from jax_dcgan.errors import TrainingStopped, UserError
+from jax_dcgan.errors import TrainingStopped, UserError, error_line
 
 # The comparisons of `jax-dcgan parity` (jax_dcgan.parity.CHECK_NAMES, without importing it).
 PARITY_CHECKS = ["architecture"] + [f"{impl}-{check}" for impl in ("matmul", "xla") for check in (
@@ -166,8 +166,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     from jax_dcgan import distributed, train
 
     cfg = config_from_args(args)
+    _positive(args, "heartbeat_timeout")
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
-                           args.distributed)
+                           args.distributed, args.heartbeat_timeout)
     train.train(cfg, args.out, resume=args.resume, quiet=args.quiet)
 
 
@@ -266,6 +267,10 @@ def _add_train_command(sub) -> None:
     group.add_argument("--process-id", type=int, help="this process's index, 0..N-1")
     group.add_argument("--distributed", action="store_true",
                        help="detect the above from the cluster (SLURM, TPU pod, Kubernetes, MPI)")
+    group.add_argument("--heartbeat-timeout", type=int, metavar="SECONDS",
+                       default=20,
+                       help="a process silent this long is lost: the others stop, naming it "
+                            "and the checkpoint to --resume from (default: %(default)s)")
     _add_config_flags(p)
     p.set_defaults(func=cmd_train)
 
@@ -377,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except (UserError, TrainingStopped) as e:
-        print(f"jax-dcgan {args.command}: error: {e}", file=sys.stderr)
+        print(error_line(args.command, e), file=sys.stderr)
         return e.exit_code
     except MemoryError:
         print(f"jax-dcgan {args.command}: error: the host ran out of memory; smaller sizes "

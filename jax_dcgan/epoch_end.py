@@ -2,9 +2,11 @@
 monitor that spots a collapsed generator, the loss plot, and every `eval_every` epochs
 SWD and FID.
 
-None of it stalls the device. The grid and the evaluation's samples are dispatched
-at the epoch end, queued behind the training calls; the monitor runs in the loop
-once the grid is ready; the files, plots and evaluations run in a background thread.
+The grid and the evaluation's samples are dispatched at the epoch end, queued behind
+the training calls; the monitor runs in the loop once the grid is ready; the files,
+plots and evaluations run in a background thread. Epochs faster than their outputs
+(FID in PyTorch on a CPU after a GPU epoch) make the loop wait for that thread, so that
+its queue and the memory it holds stay bounded.
 The best diversity so far is part of the run's progress, saved with each checkpoint.
 """
 
@@ -21,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from jax_dcgan import metrics, plots
+from jax_dcgan import metrics, plots, runtime
 from jax_dcgan.config import Config, ModelConfig
 from jax_dcgan.dispatch import Plan
 from jax_dcgan.errors import TrainingStopped, UserError
@@ -31,6 +33,7 @@ from jax_dcgan.writers import ConsoleWriter, History, Writers
 
 PLOT_SECONDS = 30.0  # the loss plot is drawn at most this often, and at the end
 STOP_WAIT_SECONDS = 60.0  # a stopped run waits this long for the epoch outputs under way
+QUEUED_EPOCHS = 2  # the loop waits rather than let slower outputs (FID on a CPU) pile up
 
 
 class Background:
@@ -55,8 +58,13 @@ class Background:
                 self.unfinished -= 1
                 self.idle.notify_all()
 
-    def submit(self, task: Callable[[], None]) -> None:
+    def submit(self, task: Callable[[], None], room: int | None = None,
+               stop_requested: Callable[[], bool] = lambda: False) -> None:
+        """Queue `task`, first waiting until fewer than `room` tasks are unfinished, unless
+        a stop is requested meanwhile (a signal must not wait for an evaluation)."""
         with self.idle:
+            while room is not None and self.unfinished >= room and not stop_requested():
+                self.idle.wait(timeout=0.5)
             self.unfinished += 1
         self.tasks.put(task)
 
@@ -86,7 +94,7 @@ class EpochEnd:
         # (step, epoch, grid, its diversity, samples to evaluate), all still on the device
         self.pending: collections.deque = collections.deque()
         self.background = Background()
-        self.started = self.last_plot = time.perf_counter()
+        self.started = self.last_plot = self.last_epoch = time.perf_counter()
         self.inception: metrics.InceptionFeatures | None = None
         self.fid = bool(cfg.eval_every)
         if self.fid:
@@ -109,7 +117,8 @@ class EpochEnd:
                                       self.cfg.seed, self.cfg.batch_size)
         self.pending.append((step, epoch, grid, score, samples))
 
-    def collect(self, wait: bool = False) -> None:
+    def collect(self, wait: bool = False, stop_requested: Callable[[], bool] = lambda: False
+                ) -> None:
         """Monitor the epochs whose grid is ready (all of them with `wait`) and hand their
         files, plots and evaluations to the background thread."""
         self.background.check()
@@ -117,7 +126,8 @@ class EpochEnd:
             step, epoch, grid, score, samples = self.pending.popleft()
             grid = np.asarray(grid)
             self._monitor(step, epoch, float(score))
-            self.background.submit(functools.partial(self._outputs, step, epoch, grid, samples))
+            self.background.submit(functools.partial(self._outputs, step, epoch, grid, samples),
+                                   QUEUED_EPOCHS, stop_requested)
 
     def _monitor(self, step: int, epoch: int, score: float) -> None:
         """Collapse: diversity falls below a fraction of the data's after having been above it
@@ -125,9 +135,15 @@ class EpochEnd:
         threshold = metrics.COLLAPSE_RATIO * self.reference
         collapsed = score < threshold <= self.best_diversity
         self.best_diversity = max(self.best_diversity, score)
+        # Since the previous epoch's record: compilation after a start, and waits for
+        # queued outputs (which show two epochs after the one that made them), included.
+        now = time.perf_counter()
+        seconds, self.last_epoch = now - self.last_epoch, now
         self.writers.write_scalars(step, {"epoch": epoch, "diversity": score,
                                           "diversity_data": self.reference,
-                                          "collapsed": bool(collapsed)})
+                                          "collapsed": bool(collapsed),
+                                          "epoch_seconds": round(seconds, 3),
+                                          **runtime.host_usage()})
         if collapsed:
             message = (f"Epoch {epoch}: the fixed-noise samples look alike (diversity {score:.3f}"
                        f", the data's {self.reference:.3f}): the generator may have collapsed.")
@@ -173,6 +189,7 @@ class EpochEnd:
         self.background.wait()
         self.background.check()
         self.best_diversity = best_diversity
+        self.last_epoch = time.perf_counter()
 
     def __enter__(self) -> "EpochEnd":
         return self
@@ -198,7 +215,7 @@ class NoEpochEnd:
     def start(self, state, step: int, grid) -> None:
         pass
 
-    def collect(self, wait: bool = False) -> None:
+    def collect(self, wait: bool = False, stop_requested=None) -> None:
         pass
 
     def rewind(self, best_diversity: float) -> None:

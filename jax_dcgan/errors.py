@@ -2,7 +2,7 @@
 
 `UserError` is bad input: what is wrong, where, and how to fix it. `TrainingStopped`
 is a run that ended before its last step for a reason that is not the user's input
-(diverged losses, a signal); its message says what was saved and how to continue.
+(diverged losses, a signal, a lost process); its message says what was saved and how to continue.
 """
 
 from __future__ import annotations
@@ -23,12 +23,22 @@ class Diverged(TrainingStopped):
     exit_code = 3
 
 
+class ProcessLost(TrainingStopped):
+    """Another process of a multi-process run was lost; every process must restart."""
+    exit_code = 4
+
+
 class Interrupted(TrainingStopped):
     """SIGINT or SIGTERM, after a checkpoint was written. Exits with 128 + the signal."""
 
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.exit_code = 128 + signum
+
+
+def error_line(command: str, error: BaseException) -> str:
+    """How a command reports the error it ends with."""
+    return f"jax-dcgan {command}: error: {error}"
 
 
 def summarize(e: BaseException, limit: int = 300) -> str:

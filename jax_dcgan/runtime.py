@@ -1,5 +1,5 @@
 """How this process runs XLA: transparent huge pages for its host buffers on Linux, and
-JAX's persistent compilation cache.
+JAX's persistent compilation cache; what it holds of the host (memory, open files).
 
 Huge pages: XLA's CPU runtime allocates every step's intermediates afresh and glibc maps and
 unmaps them with 4 KiB pages: up to 70,000 page faults per step of the lecture's
@@ -93,3 +93,17 @@ def float64_mode(dtype: str) -> Iterator[None]:
         yield
     finally:
         jax.config.update("jax_enable_x64", previous)
+
+
+def host_usage() -> dict[str, float]:
+    """This process's resident memory (MiB) and open file descriptors (files, sockets,
+    pipes), where /proc has them (Linux): recorded at each epoch end, so that a long run
+    shows any growth."""
+    try:
+        with open("/proc/self/statm") as f:
+            resident_pages = int(f.read().split()[1])
+        open_fds = len(os.listdir("/proc/self/fd"))
+    except (OSError, ValueError, IndexError):
+        return {}
+    return {"rss_mib": round(resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1),
+            "open_fds": open_fds}

@@ -38,7 +38,9 @@ MAX_ROLLBACKS = 3
 def train(cfg: Config, out: str, resume: bool = False, quiet: bool = False) -> TrainState:
     """Train as `cfg` says, writing everything under `out`; returns the final state."""
     cfg.validate()
-    with runtime.float64_mode(cfg.dtype):
+    advice = functools.partial(checkpoint.restart_advice,
+                               rundir.RunDir(os.path.abspath(out)).checkpoints)
+    with runtime.float64_mode(cfg.dtype), distributed.watching_peers(advice):
         return _train(cfg, out, resume, quiet)
 
 
@@ -104,7 +106,8 @@ def _train(cfg: Config, out: str, resume: bool, quiet: bool) -> TrainState:
             if plan.is_epoch_end(dispatch.end):
                 state, grid = epoch_grid(grid_fn, state, grid_noise, cfg.grid_updates_stats)
                 epoch_end.start(layout.local(state), dispatch.end, layout.local(grid))
-            epoch_end.collect(wait=save or stop)
+            epoch_end.collect(wait=save or stop,
+                              stop_requested=lambda: signals.received is not None)
             if save or stop:
                 checkpoints.save(layout.savable(state), cfg,
                                  {**progress, "best_diversity": epoch_end.best_diversity})

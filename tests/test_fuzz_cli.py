@@ -77,6 +77,7 @@ def _draw(rng: random.Random, root) -> list[str]:
                    ["--config", rng.choice([str(root / n) for n in
                                             ("bad.json", "field.json", "type.yaml")] + paths)],
                    ["--preset", rng.choice(["seed", "nope"])], ["--resume"],
+                   ["--heartbeat-timeout", number()],
                    ["--dtype", rng.choice(["float64", "float16"])],
                    ["--num-processes", count()], ["--eval-every", count()]]
     elif command == "sample":
