@@ -144,22 +144,46 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from jax_dcgan import checkpoint, data, metrics, sample
 
     _positive(args, "num", minimum=2)
-    state, cfg = checkpoint.load(args.checkpoint)
-    data_flags = {k: getattr(args, k) for k in ("dataset", "data_dir", "split", "crop_size",
-                                                 "num_synthetic", "cache_dir")
-                  if getattr(args, k) is not None}
-    real = data.load_dataset(cfg.replace(**data_flags).validate())
-    fake = sample.generate_images(cfg.model, sample.sampling_generator(state),
-                                  min(args.num, len(real)), args.seed, cfg.batch_size,
-                                  batch_stats=args.bn == "batch")
-    result = metrics.evaluate(real, np.asarray(fake), args.seed, fid=not args.no_fid)
-    result["step"] = int(state.step)
+    _positive(args, "image_size")
+    if (args.checkpoint is None) == (args.fake is None):
+        raise UserError("eval needs what to score: --checkpoint RUN (its samples) or --fake "
+                        "DIR (a folder of images), not both.")
+    if args.checkpoint and args.image_size:
+        raise UserError("--image-size is for --fake folders: a checkpoint's samples have its "
+                        "model's size, and the real images are made to match.")
+    if args.real and args.dataset:
+        raise UserError("--real DIR is the reference images; it replaces --dataset, so give "
+                        "one of them.")
+    state, cfg = checkpoint.load(args.checkpoint) if args.checkpoint else (None, Config())
+    cfg = cfg.replace(**{k: getattr(args, k) for k in ("dataset", "data_dir", "split",
+                                                        "crop_size", "num_synthetic",
+                                                        "cache_dir", "image_size")
+                         if getattr(args, k) is not None})
+
+    def folder(path: str) -> np.ndarray:  # the lecture's crop and resize, cached as a dataset
+        return data.load_dataset(cfg.replace(dataset="folder", data_dir=path).validate())
+
+    def reference() -> np.ndarray:
+        return folder(args.real) if args.real else data.load_dataset(cfg.validate())
+
+    if state is None:
+        fake = folder(args.fake)[:args.num]  # first: a bad folder fails before any other work
+        real = reference()
+    else:
+        real = reference()
+        fake = np.asarray(sample.generate_images(
+            cfg.model, sample.sampling_generator(state), min(args.num, len(real)), args.seed,
+            cfg.batch_size, batch_stats=args.bn == "batch"))
+    result = metrics.evaluate(real, fake, args.seed, fid=not args.no_fid)
+    if state is not None:
+        result["step"] = int(state.step)
     if args.json:
         print(json.dumps(result, indent=2))
-    else:
-        print(f"step {result['step']}, {result['num']} samples: SWD {result['swd']:.2f} "
-              f"(x1e3; per level {', '.join(f'{k}px {v:.1f}' for k, v in result['swd_levels'].items())})"
-              + (f", FID {result['fid']:.2f}" if "fid" in result else ""))
+        return
+    what = f"step {result['step']}" if state is not None else args.fake
+    print(f"{what}, {result['num']} images: SWD {result['swd']:.2f} "
+          f"(x1e3; per level {', '.join(f'{k}px {v:.1f}' for k, v in result['swd_levels'].items())})"
+          + metrics.inception_summary(result))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -298,16 +322,24 @@ def _add_bench_command(sub) -> None:
 
 
 def _add_eval_command(sub) -> None:
-    p = sub.add_parser("eval", help="FID and SWD of a checkpoint's samples against a dataset")
-    p.add_argument("--checkpoint", required=True, help="run, checkpoints or step directory")
-    p.add_argument("--num", type=int, default=2048, help="samples (and real images) to compare")
+    p = sub.add_parser("eval", help="FID, KID and SWD of a checkpoint's samples, or of a folder "
+                                    "of images, against a dataset or another folder")
+    p.add_argument("--checkpoint", help="run, checkpoints or step directory whose samples to "
+                                        "score")
+    p.add_argument("--fake", metavar="DIR", help="score a folder of images instead (e.g. "
+                                                 "another model's samples)")
+    p.add_argument("--real", metavar="DIR", help="reference images from a folder instead of "
+                                                 "--dataset")
+    p.add_argument("--num", type=int, default=2048,
+                   help="samples, or the first images of --fake, and as many real images")
     p.add_argument("--seed", type=int, default=0, help="seed for the noise")
     p.add_argument("--bn", choices=("running", "batch"), default="batch",
                    help="BatchNorm statistics while generating (see sample)")
-    p.add_argument("--no-fid", action="store_true", help="SWD only (no Inception network)")
+    p.add_argument("--no-fid", action="store_true",
+                   help="SWD only (no Inception network, so no FID or KID)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    _add_config_flags(p, only=("dataset", "data_dir", "split", "crop_size", "num_synthetic",
-                               "cache_dir"), with_preset=False)
+    _add_config_flags(p, only=("dataset", "data_dir", "split", "crop_size", "image_size",
+                               "num_synthetic", "cache_dir"), with_preset=False)
     p.set_defaults(func=cmd_eval)
 
 

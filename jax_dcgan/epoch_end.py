@@ -1,6 +1,6 @@
 """The end of each epoch: the lecture's 8x8 grid of 64 fixed-noise samples, the diversity
 monitor that spots a collapsed generator, the loss plot, and every `eval_every` epochs
-SWD and FID.
+SWD, FID and KID.
 
 The grid and the evaluation's samples are dispatched at the epoch end, queued behind
 the training calls; the monitor runs in the loop once the grid is ready; the files,
@@ -168,12 +168,17 @@ class EpochEnd:
         # The monitor's own record has this epoch's diversity; this one has the distances.
         self.writers.write_scalars(step, {
             "epoch": epoch, "swd": result["swd"], "swd_levels": result["swd_levels"],
-            **({"fid": result["fid"]} if "fid" in result else {}), "eval_samples": result["num"]})
+            **{k: result[k] for k in ("fid", "kid", "kid_std") if k in result},
+            "eval_samples": result["num"]})
         evals = self.history.evaluations()
         series = {"SWD (x1e3)": ([r["epoch"] for r in evals], [r["swd"] for r in evals])}
         with_fid = [r for r in evals if "fid" in r]
         if with_fid:
             series["FID"] = ([r["epoch"] for r in with_fid], [r["fid"] for r in with_fid])
+        with_kid = [r for r in evals if "kid" in r]
+        if with_kid:
+            series["KID (x1e3)"] = ([r["epoch"] for r in with_kid],
+                                    [1e3 * r["kid"] for r in with_kid])
         plots.plot_curves(series, self.run.file("quality.png"), "Epoch", "Distance")
 
     def plot_losses(self) -> None:

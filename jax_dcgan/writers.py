@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from jax_dcgan.dispatch import Plan
 from jax_dcgan.files import write_text
+from jax_dcgan.metrics import inception_summary
 from jax_dcgan.optional import import_tensorboardx
 from jax_dcgan.plots import read_records
 
@@ -81,8 +82,8 @@ class ConsoleWriter(MetricWriter):
                                  d_loss=f"{scalars['d_loss']:.3f}",
                                  img_s=f"{scalars['images_per_s']:.0f}", refresh=False)
         elif "swd" in scalars:
-            fid = f", FID {scalars['fid']:.2f}" if "fid" in scalars else ""
-            self.message(f"Epoch {scalars['epoch']:03d}: SWD {scalars['swd']:.2f}{fid}")
+            self.message(f"Epoch {scalars['epoch']:03d}: SWD {scalars['swd']:.2f}"
+                         + inception_summary(scalars))
 
     def advance(self, steps: int) -> None:
         self.bar.update(steps)

@@ -87,8 +87,9 @@ def _draw(rng: random.Random, root) -> list[str]:
             str(root / n) for n in ("noise_shape.npy", "noise_nan.npy", "noise_int.npy")])],
                    ["--seed", number()], ["--bn", rng.choice(["running", "mean"])]]
     elif command == "eval":
-        argv = ["eval", "--checkpoint", rng.choice(paths)]
-        options = [["--num", count()], ["--no-fid"], ["--json"]]
+        argv = ["eval", rng.choice(["--checkpoint", "--fake"]), rng.choice(paths)]
+        options = [["--num", count()], ["--no-fid"], ["--json"], ["--real", rng.choice(paths)],
+                   ["--fake", rng.choice(paths)], ["--image-size", number()]]
     elif command == "convert-from":
         argv = ["convert", "--from-torch", rng.choice(paths), "--out", rng.choice(paths + [new])]
         options = [["--preset", rng.choice(["seed-relu", "nope"])]]

@@ -1,6 +1,7 @@
 """FID, SWD, the diversity monitor, `jax-dcgan eval` and `train --eval-every`."""
 
 import json
+import os
 
 import jax
 import numpy as np
@@ -38,13 +39,78 @@ def faces(tmp_path_factory):
     return np.asarray(data.load_dataset(cfg, quiet=True))
 
 
-def test_fid_small_for_real_halves_and_large_for_noise(faces):
+@pytest.fixture(scope="module")
+def features(faces):
+    """Inception features of two halves of the faces, of the second half darkened, and of
+    noise (200 images each)."""
     inception = metrics.InceptionFeatures()
     noise = np.random.default_rng(0).integers(0, 256, (200, 32, 32, 3), np.uint8)
-    half = metrics.feature_statistics(inception(faces[:200]))
-    same = metrics.frechet_distance(*half, *metrics.feature_statistics(inception(faces[200:])))
-    far = metrics.frechet_distance(*half, *metrics.feature_statistics(inception(noise)))
+    return {"half": inception(faces[:200]), "other_half": inception(faces[200:]),
+            "darkened": inception(faces[200:] // 2), "noise": inception(noise)}
+
+
+def test_fid_small_for_real_halves_and_large_for_noise(features):
+    half = metrics.feature_statistics(features["half"])
+    same = metrics.frechet_distance(*half, *metrics.feature_statistics(features["other_half"]))
+    far = metrics.frechet_distance(*half, *metrics.feature_statistics(features["noise"]))
     assert same < 0.2 * far and far > 100
+
+
+def direct_mmd2(x: np.ndarray, y: np.ndarray) -> float:
+    """The unbiased squared MMD with KID's kernel, pair by pair, in float64."""
+    d, m = x.shape[1], len(x)
+    k = lambda a, b: (float(np.dot(a, b)) / d + 1) ** 3  # noqa: E731
+    within = sum(k(x[i], x[j]) + k(y[i], y[j]) for i in range(m) for j in range(m) if i != j)
+    across = sum(k(x[i], y[j]) for i in range(m) for j in range(m))
+    return within / (m * (m - 1)) - 2 * across / m ** 2
+
+
+def test_kid_equals_the_direct_unbiased_mmd():
+    """With one subset of every feature, KID is the MMD estimate itself (any order of the
+    features gives the same sum)."""
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((12, 6)), rng.standard_normal((12, 6)) + 0.3
+    kid, std = metrics.kernel_inception_distance(y, x, subsets=1, subset_size=12)
+    assert kid == pytest.approx(direct_mmd2(x, y), rel=1e-12) and std == 0
+    spread = metrics.kernel_inception_distance(y, x, subsets=50, subset_size=6)
+    assert spread[1] > 0
+
+
+def clean_fid_kernel_distance():
+    """clean-fid's own `kernel_distance`, read from its installed fid.py (importing that
+    module would need torchvision, which only its image loading uses)."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("cleanfid")
+    source = open(os.path.join(spec.submodule_search_locations[0], "fid.py")).read()
+    (node,) = [n for n in ast.parse(source).body
+               if isinstance(n, ast.FunctionDef) and n.name == "kernel_distance"]
+    namespace = {"np": np}
+    exec(compile(ast.Module([node], []), "cleanfid/fid.py", "exec"), namespace)
+    return namespace["kernel_distance"]
+
+
+def test_kid_matches_clean_fids_code(features):
+    """Same features (real faces against darkened ones), one subset of all of them: equal
+    to float64 rounding. With 100 subsets of 100 of the 200 (clean-fid draws them from
+    numpy's global generator, we from our seed), both average 100 estimates of the same
+    number: they agree within 4 standard errors of the difference of two such means."""
+    real, fake = features["half"], features["darkened"]
+    kernel_distance = clean_fid_kernel_distance()
+    ours, _ = metrics.kernel_inception_distance(real, fake, subsets=1, subset_size=200)
+    assert ours == pytest.approx(kernel_distance(real, fake, num_subsets=1), rel=1e-9)
+    ours, std = metrics.kernel_inception_distance(real, fake, subsets=100, subset_size=100)
+    np.random.seed(0)
+    theirs = kernel_distance(real, fake, num_subsets=100, max_subset_size=100)
+    assert ours > 0 and abs(ours - theirs) < 4 * np.sqrt(2) * std / np.sqrt(100)
+
+
+def test_kid_near_zero_for_real_halves_and_large_for_noise(features):
+    half = features["half"]
+    same, same_std = metrics.kernel_inception_distance(half, features["other_half"])
+    far, _ = metrics.kernel_inception_distance(half, features["noise"])
+    assert abs(same) < 3 * same_std + 0.02 * far and far > 0.1
 
 
 def test_swd_small_for_real_halves_and_large_for_noise(faces):
@@ -97,10 +163,11 @@ def test_eval_command_prints_fid_and_swd(tmp_path):
               "--cache-dir", tmp_path / "c").stdout
     result = json.loads(out)
     assert result["num"] == 48 and result["fid"] > 0 and result["swd"] > 0
+    assert result["kid"] > 0 and result["kid_std"] > 0
     assert set(result["swd_levels"]) == {"16"}
     text = cli("eval", "--checkpoint", tmp_path / "run", "--num", 48, "--no-fid",
                "--cache-dir", tmp_path / "c").stdout
-    assert "SWD" in text and "FID" not in text
+    assert "SWD" in text and "FID" not in text and "KID" not in text
 
 
 def test_train_eval_every_records_quality(tmp_path):
@@ -108,7 +175,32 @@ def test_train_eval_every_records_quality(tmp_path):
         *tiny_flags(tmp_path / "c", epochs=2), "--eval-every", "1", "--eval-samples", "32")
     found = records(tmp_path / "run")
     evals = [r for r in found if "swd" in r]
-    assert [r["epoch"] for r in evals] == [1, 2] and all("fid" in r for r in evals)
+    assert [r["epoch"] for r in evals] == [1, 2]
+    assert all("fid" in r and "kid" in r and "kid_std" in r for r in evals)
     assert [r["step"] for r in evals] == [8, 16] and all(r["eval_samples"] == 32 for r in evals)
     assert [r["step"] for r in found if "diversity" in r] == [8, 16]
     assert (tmp_path / "run" / "quality.png").stat().st_size > 5000
+
+
+def test_eval_scores_a_folder_against_a_folder(tmp_path, faces):
+    """`eval --fake DIR --real DIR`, as clean-fid's compute_fid(dir1, dir2): the same images
+    on both sides give FID 0 and KID below 0, darkened ones a clear distance (SWD normalises each
+    set's colours, so it does not see darkening); both go through the lecture's crop and
+    resize (a 32x32 image is its own largest square)."""
+    from PIL import Image
+
+    for name, images in (("real", faces[:60]), ("same", faces[:60]), ("dark", faces[:60] // 2)):
+        (tmp_path / name).mkdir()
+        for i, image in enumerate(images):
+            Image.fromarray(image).save(tmp_path / name / f"{i:03d}.png")
+    flags = ["--real", tmp_path / "real", "--image-size", 32, "--num", 60, "--json",
+             "--cache-dir", tmp_path / "cache"]
+    same = json.loads(cli("eval", "--fake", tmp_path / "same", *flags).stdout)
+    dark = json.loads(cli("eval", "--fake", tmp_path / "dark", *flags).stdout)
+    assert same["num"] == dark["num"] == 60 and "step" not in same
+    assert abs(same["fid"]) < 1e-3 and dark["fid"] > 10
+    # The unbiased estimate of a set against itself is below 0: an image's pair with
+    # itself counts only across the sets.
+    assert same["kid"] < 0 < dark["kid"]
+    both = cli("eval", "--fake", tmp_path / "same", "--checkpoint", tmp_path, check=False)
+    assert both.returncode == 2 and "not both" in both.stderr
