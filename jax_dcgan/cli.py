@@ -145,15 +145,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     _positive(args, "num", minimum=2)
     _positive(args, "image_size")
-    if (args.checkpoint is None) == (args.fake is None):
-        raise UserError("eval needs what to score: --checkpoint RUN (its samples) or --fake "
-                        "DIR (a folder of images), not both.")
-    if args.checkpoint and args.image_size:
-        raise UserError("--image-size is for --fake folders: a checkpoint's samples have its "
-                        "model's size, and the real images are made to match.")
-    if args.real and args.dataset:
-        raise UserError("--real DIR is the reference images; it replaces --dataset, so give "
-                        "one of them.")
+    _check_eval_sources(args)
+    if not args.no_fid:
+        metrics.fid_network_path()  # before any work: say at once how to get the network
     state, cfg = checkpoint.load(args.checkpoint) if args.checkpoint else (None, Config())
     cfg = cfg.replace(**{k: getattr(args, k) for k in ("dataset", "data_dir", "split",
                                                         "crop_size", "num_synthetic",
@@ -161,19 +155,22 @@ def cmd_eval(args: argparse.Namespace) -> None:
                          if getattr(args, k) is not None})
 
     def folder(path: str) -> np.ndarray:  # the lecture's crop and resize, cached as a dataset
-        return data.load_dataset(cfg.replace(dataset="folder", data_dir=path).validate())
+        return data.load_dataset(cfg.replace(dataset="folder", data_dir=path, split="all")
+                                 .validate())
 
     def reference() -> np.ndarray:
         return folder(args.real) if args.real else data.load_dataset(cfg.validate())
 
     if state is None:
-        fake = folder(args.fake)[:args.num]  # first: a bad folder fails before any other work
-        real = reference()
+        fake, real = folder(args.fake)[:args.num], reference()
     else:
         real = reference()
         fake = np.asarray(sample.generate_images(
             cfg.model, sample.sampling_generator(state), min(args.num, len(real)), args.seed,
             cfg.batch_size, batch_stats=args.bn == "batch"))
+    if min(len(fake), len(real)) < 2:
+        raise UserError(f"eval compares sets of at least 2 images; got {len(fake)} to score "
+                        f"and {len(real)} real ones.")
     result = metrics.evaluate(real, fake, args.seed, fid=not args.no_fid)
     if state is not None:
         result["step"] = int(state.step)
@@ -184,6 +181,24 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(f"{what}, {result['num']} images: SWD {result['swd']:.2f} "
           f"(x1e3; per level {', '.join(f'{k}px {v:.1f}' for k, v in result['swd_levels'].items())})"
           + metrics.inception_summary(result))
+
+
+def _check_eval_sources(args: argparse.Namespace) -> None:
+    """Before any work: folders that exist, and one source of real images."""
+    for name in ("fake", "real"):
+        path = getattr(args, name)
+        if path is not None and not os.path.isdir(path):
+            raise UserError(f"--{name} {path!r} is not a directory; give a folder of "
+                            "JPEG/PNG/WebP images.")
+    if args.real is not None and (args.dataset or args.data_dir):
+        raise UserError("--real DIR gives the real images; it replaces --dataset and "
+                        "--data-dir, so give one or the other.")
+    if args.fake is not None and args.real is None and args.dataset is None:
+        raise UserError("--fake DIR needs real images to compare with: --real DIR, or "
+                        "--dataset (with its flags).")
+    if args.checkpoint and args.image_size:
+        raise UserError("--image-size is for --fake folders: a checkpoint's samples have its "
+                        "model's size, and the real images are made to match.")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -324,15 +339,17 @@ def _add_bench_command(sub) -> None:
 def _add_eval_command(sub) -> None:
     p = sub.add_parser("eval", help="FID, KID and SWD of a checkpoint's samples, or of a folder "
                                     "of images, against a dataset or another folder")
-    p.add_argument("--checkpoint", help="run, checkpoints or step directory whose samples to "
-                                        "score")
-    p.add_argument("--fake", metavar="DIR", help="score a folder of images instead (e.g. "
-                                                 "another model's samples)")
-    p.add_argument("--real", metavar="DIR", help="reference images from a folder instead of "
-                                                 "--dataset")
+    scored = p.add_mutually_exclusive_group(required=True)
+    scored.add_argument("--checkpoint", help="run, checkpoints or step directory whose samples "
+                                             "to score")
+    scored.add_argument("--fake", metavar="DIR", help="score a folder of images instead (e.g. "
+                                                      "another model's samples)")
+    p.add_argument("--real", metavar="DIR", help="the real images from a folder (all of its "
+                                                 "files), instead of --dataset")
     p.add_argument("--num", type=int, default=2048,
                    help="samples, or the first images of --fake, and as many real images")
-    p.add_argument("--seed", type=int, default=0, help="seed for the noise")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed for the noise, SWD's projections and KID's subsets")
     p.add_argument("--bn", choices=("running", "batch"), default="batch",
                    help="BatchNorm statistics while generating (see sample)")
     p.add_argument("--no-fid", action="store_true",

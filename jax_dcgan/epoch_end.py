@@ -168,7 +168,7 @@ class EpochEnd:
         # The monitor's own record has this epoch's diversity; this one has the distances.
         self.writers.write_scalars(step, {
             "epoch": epoch, "swd": result["swd"], "swd_levels": result["swd_levels"],
-            **{k: result[k] for k in ("fid", "kid", "kid_std") if k in result},
+            **{k: result[k] for k in ("fid", "kid", "kid_std") if result.get(k) is not None},
             "eval_samples": result["num"]})
         evals = self.history.evaluations()
         series = {"SWD (x1e3)": ([r["epoch"] for r in evals], [r["swd"] for r in evals])}

@@ -118,33 +118,40 @@ def cached_real_features(images: np.ndarray, cache_dir: str,
 
 
 def kernel_inception_distance(real: np.ndarray, fake: np.ndarray, subsets: int = 100,
-                              subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
+                              subset_size: int = 1000, seed: int = 0
+                              ) -> tuple[float, float | None]:
     """KID (Binkowski et al., 2018) between two feature sets: the unbiased estimate of the
     squared MMD with the kernel k(x, y) = (x.y / d + 1)^3, averaged over `subsets` random
-    subsets of min(`subset_size`, both sizes) features of each set, as clean-fid and
-    torch-fidelity compute it; returns (KID, its standard deviation over the subsets:
-    the standard error of one subset's estimate)."""
+    subsets of m = min(`subset_size`, both sizes) features of each set, as clean-fid
+    computes it (unscaled, as clean-fid and torch-fidelity report it).
+
+    Returns (KID, its standard deviation over the subsets): the spread of one m-subset's
+    estimate, None when every subset would be a whole set (m equal to a set's size), where
+    the subsets cannot show it. When m equals both sizes, every subset is both whole sets
+    and one estimate is all of them.
+    """
     real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
     d, m = real.shape[1], min(len(real), len(fake), subset_size)
     if m < 2:
         raise ValueError("KID needs at least 2 features in each set")
     rng = np.random.default_rng(seed)
     estimates = []
-    for _ in range(subsets):
+    for _ in range(1 if m == len(real) == len(fake) else subsets):
         x = fake[rng.choice(len(fake), m, replace=False)]
         y = real[rng.choice(len(real), m, replace=False)]
         kxx, kyy, kxy = ((a @ b.T / d + 1) ** 3 for a, b in ((x, x), (y, y), (x, y)))
         within = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
         estimates.append(within - 2 * kxy.mean())
-    return float(np.mean(estimates)), float(np.std(estimates))
+    spread = float(np.std(estimates)) if m < min(len(real), len(fake)) else None
+    return float(np.mean(estimates)), spread
 
 
 def inception_summary(result: dict) -> str:
     """', FID f, KID k ± s (x1e3)' of an evaluation that has them, else ''."""
     if "fid" not in result:
         return ""
-    return (f", FID {result['fid']:.2f}, KID {1e3 * result['kid']:.2f} ± "
-            f"{1e3 * result['kid_std']:.2f} (x1e3)")
+    spread = f" ± {1e3 * result['kid_std']:.2f}" if result.get("kid_std") is not None else ""
+    return f", FID {result['fid']:.2f}, KID {1e3 * result['kid']:.2f}{spread} (x1e3)"
 
 
 # -- Sliced Wasserstein distance on Laplacian-pyramid patches (Karras et al., 2018) ---------

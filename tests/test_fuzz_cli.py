@@ -15,6 +15,7 @@ import random
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from jax_dcgan import cli
 
@@ -44,13 +45,15 @@ def sandbox(tmp_path_factory):
     images.mkdir()
     (images / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     (images / "list_eval_partition.txt").write_text("broken.jpg x\n")
+    (root / "one_image").mkdir()
+    Image.new("RGB", (20, 20), (200, 30, 30)).save(root / "one_image" / "red.png")
     return root
 
 
 def _paths(root) -> list[str]:
     names = ["missing", "missing/deeper", "file.txt", "empty", "garbage.pt", "empty.pt",
              "garbage.npy", "noise_shape.npy", "damaged_run", "damaged_run/checkpoints",
-             "images", "bad.json"]
+             "images", "one_image", "bad.json"]
     return [str(root / n) for n in names]
 
 
@@ -87,7 +90,8 @@ def _draw(rng: random.Random, root) -> list[str]:
             str(root / n) for n in ("noise_shape.npy", "noise_nan.npy", "noise_int.npy")])],
                    ["--seed", number()], ["--bn", rng.choice(["running", "mean"])]]
     elif command == "eval":
-        argv = ["eval", rng.choice(["--checkpoint", "--fake"]), rng.choice(paths)]
+        argv = ["eval", rng.choice(["--checkpoint", "--fake"]), rng.choice(paths),
+                "--cache-dir", str(root / "cache")]
         options = [["--num", count()], ["--no-fid"], ["--json"], ["--real", rng.choice(paths)],
                    ["--fake", rng.choice(paths)], ["--image-size", number()]]
     elif command == "convert-from":
