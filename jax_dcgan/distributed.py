@@ -158,8 +158,7 @@ class PeerWatch:
             values = {p: posted.get(self.PREFIX + str(p), "") for p in self.peers}
             for peer, value in values.items():
                 if value.startswith(self.FAILED):
-                    return (f"Process {peer} of {self.num_processes} ended with an error "
-                            f"({value[len(self.FAILED):]})")
+                    return self._failed(peer, value)
             if all(v in (self.DONE, self.STOPPED) or v != baseline.get(self.PREFIX + str(p))
                    for p, v in values.items()):
                 return None
@@ -198,13 +197,17 @@ class PeerWatch:
             silent = now - self._heard[peer][1]
             if silent <= self.timeout_s or value in (self.DONE, self.STOPPED):
                 continue
-            name = f"Process {peer} of {self.num_processes}"
             if value.startswith(self.FAILED):
-                return (f"{name} ended with an error ({value[len(self.FAILED):]}) "
-                        f"{silent:.0f} s ago while this process waits for it")
-            return (f"{name} stopped answering: no heartbeat for {silent:.0f} s (it was "
-                    "killed, ran out of memory, was preempted, or its host or network failed)")
+                return (f"{self._failed(peer, value)} {silent:.0f} s ago while this process "
+                        "waits for it")
+            return (f"Process {peer} of {self.num_processes} stopped answering: no heartbeat "
+                    f"for {silent:.0f} s (it was killed, ran out of memory, was preempted, or "
+                    "its host or network failed)")
         return None
+
+    def _failed(self, peer: int, value: str) -> str:
+        return (f"Process {peer} of {self.num_processes} ended with an error "
+                f"({value[len(self.FAILED):]})")
 
     def _exit(self, problem: str) -> None:
         error = ProcessLost(f"{problem}, so this process stops too. "
