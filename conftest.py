@@ -9,3 +9,6 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=4").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# The FID network's converted weights, made once per checkout rather than in the home cache.
+os.environ.setdefault("JAX_DCGAN_CACHE", os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                      ".pytest_cache", "jax-dcgan"))

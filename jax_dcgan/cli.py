@@ -146,52 +146,71 @@ def cmd_eval(args: argparse.Namespace) -> None:
     _positive(args, "num", minimum=2)
     _positive(args, "image_size")
     _check_eval_sources(args)
+    stats = args.real if args.real and os.path.isfile(args.real) else None
     if not args.no_fid:
-        metrics.fid_network_path()  # before any work: say at once how to get the network
+        metrics.check_inception(args.inception)  # before any work: say at once what is missing
+    reference = metrics.Reference.load(stats) if stats else None
     state, cfg = checkpoint.load(args.checkpoint) if args.checkpoint else (None, Config())
     cfg = cfg.replace(**{k: getattr(args, k) for k in ("dataset", "data_dir", "split",
                                                         "crop_size", "num_synthetic",
-                                                        "cache_dir", "image_size")
+                                                        "cache_dir", "image_size", "fid_mode")
                          if getattr(args, k) is not None})
+    if reference and reference.mode not in (None, cfg.fid_mode):
+        raise UserError(f"{stats!r} holds statistics of FID mode {reference.mode}; compare "
+                        f"in the same mode (--fid-mode {reference.mode}).")
 
     def folder(path: str) -> np.ndarray:  # the lecture's crop and resize, cached as a dataset
         return data.load_dataset(cfg.replace(dataset="folder", data_dir=path, split="all")
                                  .validate())
 
-    def reference() -> np.ndarray:
+    def real_images() -> np.ndarray:
         return folder(args.real) if args.real else data.load_dataset(cfg.validate())
 
+    real = None if reference else real_images()
     if state is None:
-        fake, real = folder(args.fake)[:args.num], reference()
+        fake = folder(args.fake)[:args.num]
     else:
-        real = reference()
+        num = args.num if real is None else min(args.num, len(real))
         fake = np.asarray(sample.generate_images(
-            cfg.model, sample.sampling_generator(state), min(args.num, len(real)), args.seed,
+            cfg.model, sample.sampling_generator(state), num, args.seed,
             cfg.batch_size, batch_stats=args.bn == "batch"))
-    if min(len(fake), len(real)) < 2:
-        raise UserError(f"eval compares sets of at least 2 images; got {len(fake)} to score "
-                        f"and {len(real)} real ones.")
-    result = metrics.evaluate(real, fake, args.seed, fid=not args.no_fid)
+    if min(len(fake), args.num if real is None else len(real)) < 2:
+        raise UserError(f"eval compares sets of at least 2 images; got {len(fake)} to score"
+                        + ("." if real is None else f" and {len(real)} real ones."))
+    inception = None if args.no_fid else metrics.inception_network(args.inception, cfg.fid_mode)
+    if reference:  # statistics alone: FID (KID where they hold features), no SWD
+        result = {"num": len(fake), **reference.scores(inception(fake), args.seed),
+                  "inception": inception.kind}
+    else:
+        result = metrics.evaluate(real, fake, args.seed, inception)
     if state is not None:
         result["step"] = int(state.step)
     if args.json:
         print(json.dumps(result, indent=2))
         return
     what = f"step {result['step']}" if state is not None else args.fake
-    print(f"{what}, {result['num']} images: SWD {result['swd']:.2f} "
-          f"(x1e3; per level {', '.join(f'{k}px {v:.1f}' for k, v in result['swd_levels'].items())})"
-          + metrics.inception_summary(result))
+    swd = (f"SWD {result['swd']:.2f} (x1e3; per level "
+           f"{', '.join(f'{k}px {v:.1f}' for k, v in result['swd_levels'].items())})"
+           if "swd" in result else "no SWD (--real is statistics, not images)")
+    print(f"{what}, {result['num']} images: {swd}" + metrics.inception_summary(result))
 
 
 def _check_eval_sources(args: argparse.Namespace) -> None:
     """Before any work: folders that exist, and one source of real images."""
-    for name in ("fake", "real"):
-        path = getattr(args, name)
-        if path is not None and not os.path.isdir(path):
-            raise UserError(f"--{name} {path!r} is not a directory; give a folder of "
-                            "JPEG/PNG/WebP images.")
+    if args.fake is not None and not os.path.isdir(args.fake):
+        raise UserError(f"--fake {args.fake!r} is not a directory; give a folder of "
+                        "JPEG/PNG/WebP images.")
+    if args.real is not None and not (os.path.isdir(args.real) or args.real.endswith(".npz")):
+        raise UserError(f"--real {args.real!r} is neither a directory of images nor an .npz "
+                        "of reference statistics.")
+    if args.real is not None and args.real.endswith(".npz") and not os.path.isfile(args.real):
+        raise UserError(f"--real {args.real!r} does not exist; give a folder of images, or "
+                        "reference statistics that eval or clean-fid wrote.")
+    if args.real is not None and args.real.endswith(".npz") and args.no_fid:
+        raise UserError("--real gives reference statistics, which serve FID and KID only; "
+                        "with --no-fid there is nothing to compute.")
     if args.real is not None and (args.dataset or args.data_dir):
-        raise UserError("--real DIR gives the real images; it replaces --dataset and "
+        raise UserError("--real gives the real images; it replaces --dataset and "
                         "--data-dir, so give one or the other.")
     if args.fake is not None and args.real is None and args.dataset is None:
         raise UserError("--fake DIR needs real images to compare with: --real DIR, or "
@@ -344,8 +363,10 @@ def _add_eval_command(sub) -> None:
                                              "to score")
     scored.add_argument("--fake", metavar="DIR", help="score a folder of images instead (e.g. "
                                                       "another model's samples)")
-    p.add_argument("--real", metavar="DIR", help="the real images from a folder (all of its "
-                                                 "files), instead of --dataset")
+    p.add_argument("--real", metavar="DIR_OR_NPZ",
+                   help="the real images from a folder (all of its files), instead of "
+                        "--dataset; or reference statistics (.npz: mu, sigma, and feats for "
+                        "KID, as eval caches them beside a dataset or clean-fid writes them)")
     p.add_argument("--num", type=int, default=2048,
                    help="samples, or the first images of --fake, and as many real images")
     p.add_argument("--seed", type=int, default=0,
@@ -354,9 +375,13 @@ def _add_eval_command(sub) -> None:
                    help="BatchNorm statistics while generating (see sample)")
     p.add_argument("--no-fid", action="store_true",
                    help="SWD only (no Inception network, so no FID or KID)")
+    p.add_argument("--inception", choices=("jax", "torch"), default="jax",
+                   help="run FID's network in JAX on this machine's accelerator (default; "
+                        "PyTorch is needed once, to convert it) or as shipped, in PyTorch on "
+                        "the CPU")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_config_flags(p, only=("dataset", "data_dir", "split", "crop_size", "image_size",
-                               "num_synthetic", "cache_dir"), with_preset=False)
+                               "num_synthetic", "cache_dir", "fid_mode"), with_preset=False)
     p.set_defaults(func=cmd_eval)
 
 

@@ -21,6 +21,7 @@ def _field(default: Any, help: str, **choices: Any) -> Any:
 
 
 CONV_IMPLS = ("auto", "matmul", "xla")
+FID_MODES = ("clean", "legacy_tensorflow")  # see inception.py
 # The variants of `jax-dcgan bench` (bench.py), named here so that the command line's help
 # needs no JAX.
 BENCH_VARIANTS = ("torch", "torch-compiled", "jax-jit-matmul", "jax-jit-xla", "jax-pmap",
@@ -118,6 +119,10 @@ class Config:
               "what it saves); off: grids leave the model untouched")
     eval_every: int = _field(0, "epochs between SWD/FID evaluations (0: off)")
     eval_samples: int = _field(2048, "images generated for each evaluation")
+    fid_mode: str = _field(
+        "clean", "how FID's network sees images: clean (PIL bicubic to 299, as clean-fid "
+        "recommends) or legacy_tensorflow (TF1 bilinear, as TTUR and StyleGAN2-ADA)",
+        choices=FID_MODES)
     devices: int = _field(0, "local devices to use (0: all)")
     steps_per_dispatch: int = _field(
         0, "training steps fused into one device call, at most the steps between epoch ends "

@@ -95,11 +95,11 @@ class EpochEnd:
         self.pending: collections.deque = collections.deque()
         self.background = Background()
         self.started = self.last_plot = self.last_epoch = time.perf_counter()
-        self.inception: metrics.InceptionFeatures | None = None
+        self.inception: metrics.JaxInception | None = None
         self.fid = bool(cfg.eval_every)
         if self.fid:
             try:
-                metrics.fid_network_path()
+                metrics.check_inception("jax")
             except UserError as e:
                 warnings.warn(f"FID is skipped during training: {e}")
                 self.fid = False
@@ -161,10 +161,9 @@ class EpochEnd:
             self._evaluate(step, epoch, np.asarray(samples))
 
     def _evaluate(self, step: int, epoch: int, samples: np.ndarray) -> None:
-        if self.fid and self.inception is None:
-            self.inception = metrics.InceptionFeatures()
-        result = metrics.evaluate(self.images, samples, self.cfg.seed, fid=self.fid,
-                                  inception=self.inception)
+        if self.fid and self.inception is None:  # on the training device, beside training
+            self.inception = metrics.JaxInception(self.cfg.fid_mode)
+        result = metrics.evaluate(self.images, samples, self.cfg.seed, self.inception)
         # The monitor's own record has this epoch's diversity; this one has the distances.
         self.writers.write_scalars(step, {
             "epoch": epoch, "swd": result["swd"], "swd_levels": result["swd_levels"],

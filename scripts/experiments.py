@@ -129,7 +129,7 @@ def reference_points(a: argparse.Namespace) -> dict:
     chosen = rng.permutation(len(images))[:2 * a.samples]
     real, other = (np.asarray(images[np.sort(chosen[i::2])]) for i in (0, 1))
     noise = rng.integers(0, 256, real.shape, dtype=np.uint8)
-    inception = metrics.InceptionFeatures()
+    inception = metrics.JaxInception()
     summary = {}
     for name, fake in (("real vs other real", other), ("real vs uniform noise", noise)):
         fid = metrics.frechet_distance(*metrics.feature_statistics(inception(real)),
