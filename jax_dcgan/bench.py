@@ -425,15 +425,70 @@ def format_layers(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# -- FID's Inception network ---------------------------------------------------------------
+
+def fid_times(images: int, repeats: int, mode: str) -> list[dict]:
+    """Features of `images` random 64x64 images per repeat, interleaved: the network as
+    shipped (PyTorch on the CPU, with PIL or NVIDIA's resampling) and in JAX on the
+    default device (the first call, compilation included, is not timed)."""
+    from jax_dcgan import metrics
+
+    batch = np.random.default_rng(0).integers(0, 256, (images, 64, 64, 3), np.uint8)
+    rows, runs = [], []
+    for name, make in (("torch-cpu", metrics.TorchInception), ("jax", metrics.JaxInception)):
+        row = {"name": name, "times": []}
+        try:
+            network = make(mode)
+            row["first_call_s"] = _first_call(lambda: network(batch))
+            runs.append((row, functools.partial(network, batch)))
+        except Exception as e:  # e.g. no PyTorch: the other row still runs
+            row["error"] = summarize(e)
+        rows.append(row)
+    for _ in range(repeats):
+        for row, run_once in runs:
+            row["times"].append(_first_call(run_once))
+    reference = next((statistics.median(r["times"]) for r in rows
+                      if r["name"] == "torch-cpu" and r["times"]), None)
+    for row in rows:
+        if row["times"]:
+            median = statistics.median(row["times"])
+            row.update(images_per_s=images / median, images_per_s_best=images / min(row["times"]),
+                       ratio_to_torch=median / reference if reference else None)
+    return rows
+
+
+def format_fid(result: dict) -> str:
+    lines = [f"device: {result['device']}; FID mode {result['mode']}, {result['images']} "
+             f"images per repeat, median of {result['repeats']}",
+             f"{'network':12s} {'img/s (best)':>18s} {'vs torch':>9s} {'first call s':>13s}"]
+    for r in result["rows"]:
+        if not r["times"]:
+            lines.append(f"{r['name']:12s} {r.get('error', 'not run')}")
+            continue
+        ratio = f"{r['ratio_to_torch']:.2f}x" if r["ratio_to_torch"] else "-"
+        rate = f"{r['images_per_s']:.1f} ({r['images_per_s_best']:.1f})"
+        lines.append(f"{r['name']:12s} {rate:>18s} {ratio:>9s} {r['first_call_s']:13.1f}")
+    lines.append("vs torch: median time / the shipped network's on the CPU (below 1 is faster)")
+    return "\n".join(lines)
+
+
 def main(cfg: Config, steps: int, repeats: int, variants: tuple[str, ...] | None,
          as_json: bool, layers: bool = False, hlo_dir: str | None = None,
-         loop_epochs: int = 3, json_out: str | None = None) -> None:
+         loop_epochs: int = 3, json_out: str | None = None, fid_images: int | None = None
+         ) -> None:
     """Print the table or JSON; with `json_out`, also keep the JSON there, rewritten as
     results come in."""
     def save(result: dict) -> None:
         if json_out:
             write_text(json_out, json.dumps(result, indent=2))
 
+    if fid_images:
+        result = {"device": describe_device(jax.local_devices()[:1]), "mode": cfg.fid_mode,
+                  "images": fid_images, "repeats": repeats,
+                  "rows": fid_times(fid_images, repeats, cfg.fid_mode)}
+        save(result)
+        print(json.dumps(result, indent=2) if as_json else format_fid(result))
+        return
     if layers:
         result = {"device": describe_device(jax.local_devices()[:1]), "config": cfg.to_dict(),
                   "layers": layer_times(cfg, repeats)}

@@ -139,60 +139,70 @@ def cmd_convert(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     import json
 
-    import numpy as np
-
-    from jax_dcgan import checkpoint, data, metrics, sample
+    from jax_dcgan import checkpoint, metrics
 
     _positive(args, "num", minimum=2)
     _positive(args, "image_size")
     _check_eval_sources(args)
-    stats = args.real if args.real and os.path.isfile(args.real) else None
     if not args.no_fid:
         metrics.check_inception(args.inception)  # before any work: say at once what is missing
-    reference = metrics.Reference.load(stats) if stats else None
+    reference = metrics.Reference.load(args.real) if _is_statistics(args.real) else None
     state, cfg = checkpoint.load(args.checkpoint) if args.checkpoint else (None, Config())
     cfg = cfg.replace(**{k: getattr(args, k) for k in ("dataset", "data_dir", "split",
                                                         "crop_size", "num_synthetic",
                                                         "cache_dir", "image_size", "fid_mode")
                          if getattr(args, k) is not None})
     if reference and reference.mode not in (None, cfg.fid_mode):
-        raise UserError(f"{stats!r} holds statistics of FID mode {reference.mode}; compare "
-                        f"in the same mode (--fid-mode {reference.mode}).")
-
-    def folder(path: str) -> np.ndarray:  # the lecture's crop and resize, cached as a dataset
-        return data.load_dataset(cfg.replace(dataset="folder", data_dir=path, split="all")
-                                 .validate())
-
-    def real_images() -> np.ndarray:
-        return folder(args.real) if args.real else data.load_dataset(cfg.validate())
-
-    real = None if reference else real_images()
-    if state is None:
-        fake = folder(args.fake)[:args.num]
-    else:
-        num = args.num if real is None else min(args.num, len(real))
-        fake = np.asarray(sample.generate_images(
-            cfg.model, sample.sampling_generator(state), num, args.seed,
-            cfg.batch_size, batch_stats=args.bn == "batch"))
-    if min(len(fake), args.num if real is None else len(real)) < 2:
-        raise UserError(f"eval compares sets of at least 2 images; got {len(fake)} to score"
-                        + ("." if real is None else f" and {len(real)} real ones."))
-    inception = None if args.no_fid else metrics.inception_network(args.inception, cfg.fid_mode)
+        raise UserError(f"{args.real!r} holds statistics of FID mode {reference.mode}; "
+                        f"compare in the same mode (--fid-mode {reference.mode}).")
+    fake, real = _eval_images(args, cfg, state, with_real=reference is None)
+    network = None if args.no_fid else metrics.inception_network(args.inception, cfg.fid_mode)
     if reference:  # statistics alone: FID (KID where they hold features), no SWD
-        result = {"num": len(fake), **reference.scores(inception(fake), args.seed),
-                  "inception": inception.kind}
+        result = {"num": len(fake), **reference.scores(network(fake), args.seed),
+                  "inception": network.kind}
     else:
-        result = metrics.evaluate(real, fake, args.seed, inception)
+        result = metrics.evaluate(real, fake, args.seed, network)
     if state is not None:
         result["step"] = int(state.step)
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    what = f"step {result['step']}" if state is not None else args.fake
     swd = (f"SWD {result['swd']:.2f} (x1e3; per level "
            f"{', '.join(f'{k}px {v:.1f}' for k, v in result['swd_levels'].items())})"
            if "swd" in result else "no SWD (--real is statistics, not images)")
+    what = f"step {result['step']}" if state is not None else args.fake
     print(f"{what}, {result['num']} images: {swd}" + metrics.inception_summary(result))
+
+
+def _is_statistics(real: str | None) -> bool:
+    return bool(real) and real.endswith(".npz")
+
+
+def _eval_images(args: argparse.Namespace, cfg: Config, state, with_real: bool):
+    """(images to score, real images or None): a folder's or the checkpoint's samples, and
+    a folder's or the dataset's, both through the lecture's crop and resize."""
+    import numpy as np
+
+    from jax_dcgan import data, sample
+
+    def folder(path: str) -> np.ndarray:  # cached as a dataset
+        return data.load_dataset(cfg.replace(dataset="folder", data_dir=path, split="all")
+                                 .validate())
+
+    real = None
+    if with_real:
+        real = folder(args.real) if args.real else data.load_dataset(cfg.validate())
+    if state is None:
+        fake = folder(args.fake)[:args.num]
+    else:
+        fake = np.asarray(sample.generate_images(
+            cfg.model, sample.sampling_generator(state),
+            args.num if real is None else min(args.num, len(real)), args.seed,
+            cfg.batch_size, batch_stats=args.bn == "batch"))
+    if len(fake) < 2 or (real is not None and len(real) < 2):
+        raise UserError(f"eval compares sets of at least 2 images; got {len(fake)} to score"
+                        + ("." if real is None else f" and {len(real)} real ones."))
+    return fake, real
 
 
 def _check_eval_sources(args: argparse.Namespace) -> None:
@@ -200,13 +210,13 @@ def _check_eval_sources(args: argparse.Namespace) -> None:
     if args.fake is not None and not os.path.isdir(args.fake):
         raise UserError(f"--fake {args.fake!r} is not a directory; give a folder of "
                         "JPEG/PNG/WebP images.")
-    if args.real is not None and not (os.path.isdir(args.real) or args.real.endswith(".npz")):
+    if args.real is not None and not (os.path.isdir(args.real) or _is_statistics(args.real)):
         raise UserError(f"--real {args.real!r} is neither a directory of images nor an .npz "
                         "of reference statistics.")
-    if args.real is not None and args.real.endswith(".npz") and not os.path.isfile(args.real):
+    if _is_statistics(args.real) and not os.path.isfile(args.real):
         raise UserError(f"--real {args.real!r} does not exist; give a folder of images, or "
                         "reference statistics that eval or clean-fid wrote.")
-    if args.real is not None and args.real.endswith(".npz") and args.no_fid:
+    if _is_statistics(args.real) and args.no_fid:
         raise UserError("--real gives reference statistics, which serve FID and KID only; "
                         "with --no-fid there is nothing to compute.")
     if args.real is not None and (args.dataset or args.data_dir):
@@ -237,7 +247,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     if args.batch_size is None:  # the lecture's 128 where it fits in time, 32 on a CPU
         args.batch_size = 32 if jax.default_backend() == "cpu" else 128
-    _positive(args, "steps", "repeats")
+    _positive(args, "steps", "repeats", "fid")
     _positive(args, "loop_epochs", minimum=2)  # the first epoch (compilation) is not timed
     if args.hlo_dir and os.path.exists(args.hlo_dir) and not os.path.isdir(args.hlo_dir):
         raise UserError(f"--hlo-dir {args.hlo_dir!r} is a file; give a directory (it is "
@@ -245,7 +255,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     cfg = config_from_args(args)
     with runtime.float64_mode(cfg.dtype):
         bench.main(cfg, args.steps, args.repeats, tuple(args.variants) if args.variants else None,
-                   args.json, args.layers, args.hlo_dir, args.loop_epochs, args.json_out)
+                   args.json, args.layers, args.hlo_dir, args.loop_epochs, args.json_out,
+                   args.fid)
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> None:
@@ -346,12 +357,14 @@ def _add_bench_command(sub) -> None:
     p.add_argument("--layers", action="store_true",
                    help="time each convolution layer's forward + backward pass, matmul vs xla")
     p.add_argument("--hlo-dir", metavar="DIR", help="write the jit variants' compiled programs")
+    p.add_argument("--fid", type=int, metavar="N", help="time FID's Inception network instead, "
+                   "on N images per repeat: as shipped (PyTorch, CPU) vs JAX on this device")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--json-out", metavar="FILE",
                    help="also write the JSON object to FILE, rewritten as results come in")
     _add_config_flags(p, only=("batch_size", "gen_features", "dis_features", "latent_dim",
                                "image_size", "dtype", "devices", "seed", "compilation_cache",
-                               "cache_dir"), with_preset=False)
+                               "cache_dir", "fid_mode"), with_preset=False)
     p.set_defaults(func=cmd_bench)
 
 

@@ -173,7 +173,8 @@ class EpochEnd:
         series = {"SWD (x1e3)": ([r["epoch"] for r in evals], [r["swd"] for r in evals])}
         with_fid = [r for r in evals if "fid" in r]
         if with_fid:
-            series["FID"] = ([r["epoch"] for r in with_fid], [r["fid"] for r in with_fid])
+            series[f"FID ({self.cfg.fid_mode})"] = ([r["epoch"] for r in with_fid],
+                                                   [r["fid"] for r in with_fid])
         with_kid = [r for r in evals if "kid" in r]
         if with_kid:
             series["KID (x1e3)"] = ([r["epoch"] for r in with_kid],

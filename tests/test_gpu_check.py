@@ -5,6 +5,9 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+import pytest
+
 from .helpers import ROOT
 
 
@@ -32,6 +35,14 @@ def test_cpu_smoke_runs_every_phase_without_tfds_or_tensorboardx(tmp_path):
     train = json.loads((out / "train.json").read_text())
     assert train["steady_images_per_s"] > 0 and train["conv_impl"] == "matmul"
     assert (out / "train" / "model.pt").exists() and not (out / "train" / "tensorboard").exists()
+    fid = json.loads((out / "fid.json").read_text())
+    assert [r["name"] for r in fid["rows"]] == ["torch-cpu", "jax"] and fid["images"] == 4
+    for row in fid["rows"]:
+        assert len(row["times"]) == 2
+        assert row["images_per_s"] == pytest.approx(4 / np.median(row["times"]))
+    assert fid["rows"][1]["ratio_to_torch"] == pytest.approx(
+        np.median(fid["rows"][1]["times"]) / np.median(fid["rows"][0]["times"]))
     summary = (out / "summary.md").read_text()
     assert "| torch-compiled |" in summary and "| generator.deconv_8x8 |" in summary
+    assert "FID mode clean, 4 images per repeat" in summary
     assert "not measured" not in summary
