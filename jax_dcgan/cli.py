@@ -158,8 +158,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     fake, real = _eval_images(args, cfg, state, with_real=reference is None)
     network = None if args.no_fid else metrics.inception_network(args.inception, cfg.fid_mode)
     if reference:  # statistics alone: FID (KID where they hold features), no SWD
-        result = {"num": len(fake), **reference.scores(network(fake), args.seed),
-                  "inception": network.kind}
+        result = {"num": len(fake), **reference.scores(network, fake, args.seed)}
     else:
         result = metrics.evaluate(real, fake, args.seed, network)
     if state is not None:
@@ -175,7 +174,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def _is_statistics(real: str | None) -> bool:
-    return bool(real) and real.endswith(".npz")
+    """Whether --real names reference statistics rather than a folder of images."""
+    return bool(real) and not os.path.isdir(real) and real.lower().endswith(".npz")
 
 
 def _eval_images(args: argparse.Namespace, cfg: Config, state, with_real: bool):
@@ -248,6 +248,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if args.batch_size is None:  # the lecture's 128 where it fits in time, 32 on a CPU
         args.batch_size = 32 if jax.default_backend() == "cpu" else 128
     _positive(args, "steps", "repeats", "fid")
+    if args.fid and (args.layers or args.variants or args.hlo_dir):
+        raise UserError("--fid times FID's network alone; --layers, --variants and --hlo-dir "
+                        "are for the training step, so leave them out.")
     _positive(args, "loop_epochs", minimum=2)  # the first epoch (compilation) is not timed
     if args.hlo_dir and os.path.exists(args.hlo_dir) and not os.path.isdir(args.hlo_dir):
         raise UserError(f"--hlo-dir {args.hlo_dir!r} is a file; give a directory (it is "

