@@ -170,7 +170,7 @@ def test_reference_statistics_serve_as_real(folders, tmp_path):
                for name in ("empty", "cut", "small")}
     assert "has no reference statistics" in refused["empty"].stderr
     assert "is not a readable .npz" in refused["cut"].stderr
-    assert "not of the FID network's 2048 features" in refused["small"].stderr
+    assert "not statistics of the FID network's 2048 features" in refused["small"].stderr
     for done in (other, *refused.values()):
         assert done.returncode == 2 and "Traceback" not in done.stderr
 
