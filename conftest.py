@@ -6,6 +6,11 @@ be set before JAX is imported anywhere.
 
 import os
 
+from jax_dcgan.runtime import quiet_absent_accelerators  # imports no JAX
+
+# XLA's GPU compiler is installed for tests/test_compile.py; on a machine without a GPU it
+# would log a traceback at every JAX start (the command line does the same).
+quiet_absent_accelerators()
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=4").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

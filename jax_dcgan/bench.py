@@ -56,14 +56,9 @@ from jax_dcgan.optional import import_torch
 from jax_dcgan.parallel import Layout, device_sharding, replicate
 from jax_dcgan.plots import read_metrics, steady_images_per_s
 from jax_dcgan.step import create_train_state, jit_train_steps, pmap_train_steps
+from jax_dcgan.targets import peak_flops
 from jax_dcgan.train import train
 
-# Dense datasheet peaks in TFLOP/s per chip: (bfloat16, float32 as JAX runs it by default:
-# TF32 on NVIDIA GPUs, bfloat16 passes on TPUs). Checked in order, first match wins.
-PEAK_TFLOPS = (("H100 PCIe", (756, 378)), ("H100 NVL", (835, 418)), ("H100", (989, 495)),
-               ("H200 NVL", (835, 418)), ("H200", (989, 495)),
-               ("A100", (312, 156)), ("L4", (121, 60)), ("TPU v4", (275, 275)),
-               ("TPU v5 lite", (197, 197)), ("TPU v5", (459, 459)), ("TPU v6 lite", (918, 918)))
 LIBRARY_CALL = re.compile(r'custom_call_target="(__cudnn\$[A-Za-z]+|__cublas\$[A-Za-z$]+)"')
 
 
@@ -89,7 +84,8 @@ def _first_call(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def _block(run: Callable[[], None], steps: int) -> Callable[[], float]:
+def per_step_timer(run: Callable[[], None], steps: int) -> Callable[[], float]:
+    """A timed repeat of `run`, which takes `steps` steps: seconds per step."""
     def measure():
         start = time.perf_counter()
         run()
@@ -129,7 +125,7 @@ def torch_variant(cfg: Config, steps: int, compiled: bool) -> Timed:
             torch.cuda.synchronize()
 
     try:
-        timed = Timed(name, "torch", _block(run, steps), _first_call(run))
+        timed = Timed(name, "torch", per_step_timer(run, steps), _first_call(run))
     except Exception as e:  # torch.compile needs a C++ compiler on CPUs, Triton on GPUs
         return Timed(name, "torch", None, 0.0, error=f"could not run: {summarize(e)}")
     if device == "cuda":
@@ -137,8 +133,8 @@ def torch_variant(cfg: Config, steps: int, compiled: bool) -> Timed:
     return timed
 
 
-def _carry(step, state, batch_of: Callable[[int], jax.Array], steps_per_call: int,
-           calls: int) -> Callable[[], None]:
+def carried_calls(step, state, batch_of: Callable[[int], jax.Array], steps_per_call: int,
+                  calls: int) -> Callable[[], None]:
     """`calls` calls of `step`, carrying the state across blocks."""
     box = [state, 0]
 
@@ -162,9 +158,9 @@ def compile_step(cfg: Config, device) -> tuple[Callable, object, jax.Array]:
 def jit_variant(cfg: Config, steps: int, impl: str) -> Timed:
     start = time.perf_counter()
     compiled, state, batch = compile_step(cfg.replace(conv_impl=impl), jax.local_devices()[0])
-    run = _carry(compiled, state, lambda _: batch, 1, steps)
+    run = carried_calls(compiled, state, lambda _: batch, 1, steps)
     run()
-    timed = Timed(f"jax-jit-{impl}", "jax", _block(run, steps), time.perf_counter() - start)
+    timed = Timed(f"jax-jit-{impl}", "jax", per_step_timer(run, steps), time.perf_counter() - start)
     timed.extra["flops_per_step"] = _flops(compiled)
     hlo = compiled.as_text()
     timed.extra["library_calls"] = dict(sorted(collections.Counter(
@@ -179,8 +175,8 @@ def pmap_variant(cfg: Config, steps: int, devices: list) -> Timed:
     batch = jax.device_put(_images(cfg, cfg.batch_size).reshape(d, 1, cfg.batch_size // d,
                                                                 *([cfg.image_size] * 2), -1),
                            device_sharding(devices))
-    run = _carry(step, replicate(create_train_state(cfg), devices), lambda _: batch, 1, steps)
-    return Timed(f"jax-pmap ({d} device{'s' if d > 1 else ''})", "jax", _block(run, steps),
+    run = carried_calls(step, replicate(create_train_state(cfg), devices), lambda _: batch, 1, steps)
+    return Timed(f"jax-pmap ({d} device{'s' if d > 1 else ''})", "jax", per_step_timer(run, steps),
                  _first_call(run))
 
 
@@ -192,9 +188,9 @@ def fused_variant(cfg: Config, steps: int, impl: str, calls: int = 4) -> Timed:
     batches = Batches(_images(cfg, cfg.batch_size * steps * 2), cfg.batch_size, cfg.seed,
                       2 * steps, layout, resident=True)
     state = jax.device_put(create_train_state(cfg), device)
-    run = _carry(jit_train_steps(cfg.replace(conv_impl=impl)), state,
+    run = carried_calls(jit_train_steps(cfg.replace(conv_impl=impl)), state,
                  lambda position: batches.get(position % (2 * steps), steps), steps, calls)
-    return Timed(f"jax-fused-{impl} ({steps} steps/call)", "jax", _block(run, steps * calls),
+    return Timed(f"jax-fused-{impl} ({steps} steps/call)", "jax", per_step_timer(run, steps * calls),
                  _first_call(run))
 
 
@@ -225,14 +221,6 @@ def _flops(compiled) -> float | None:
         analysis = analysis[0] if analysis else {}
     flops = (analysis or {}).get("flops")
     return float(flops) if flops and flops > 0 else None
-
-
-def peak_flops(device, dtype: str) -> float | None:
-    kind = getattr(device, "device_kind", "")
-    for name, (bf16, f32) in PEAK_TFLOPS:
-        if name in kind:
-            return 1e12 * {"bfloat16": bf16, "float32": f32}.get(dtype, 0) or None
-    return None
 
 
 def default_variants(platform_name: str) -> tuple[str, ...]:
@@ -288,7 +276,7 @@ def summarize_runs(cfg: Config, steps: int, repeats: int, timed: list[Timed], *,
     # all, as FLOPs are usually counted; XLA counts fewer for its own convolutions.
     flops = next((t.extra["flops_per_step"] for name in ("jax-jit-matmul", "jax-jit-xla")
                   for t in timed if t.name == name and t.extra.get("flops_per_step")), None)
-    peak = peak_flops(devices[0], cfg.dtype)
+    peak = peak_flops(getattr(devices[0], "device_kind", ""), cfg.dtype)
     reference = next((statistics.median(t.times) for t in timed
                       if t.name == "torch" and t.times), None)
     stats = devices[0].memory_stats() or {}

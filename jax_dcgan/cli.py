@@ -1,4 +1,4 @@
-"""`jax-dcgan train | sample | convert | eval | bench | parity | data prepare`.
+"""`jax-dcgan train | sample | convert | eval | bench | compile | parity | data prepare`.
 
 Every bad input ends as one paragraph on stderr and exit status 2 (a UserError),
 never a traceback; a run that stops early exits with its own status. Heavy
@@ -14,7 +14,7 @@ import os
 import sys
 
 from jax_dcgan import __version__, runtime
-from jax_dcgan.config import (BENCH_VARIANTS, PRESETS, Config, flag, preset,
+from jax_dcgan.config import (BENCH_VARIANTS, CONV_IMPLS, PRESETS, Config, flag, preset,
                               read_config_file)
 from jax_dcgan.errors import TrainingStopped, UserError, error_line
 
@@ -262,6 +262,20 @@ def cmd_bench(args: argparse.Namespace) -> None:
                    args.fid)
 
 
+def cmd_compile(args: argparse.Namespace) -> None:
+    from jax_dcgan import aot
+
+    if min(args.devices) < 1:
+        raise UserError(f"--devices must be at least 1, got {min(args.devices)}.")
+    if args.hlo_dir and os.path.exists(args.hlo_dir) and not os.path.isdir(args.hlo_dir):
+        raise UserError(f"--hlo-dir {args.hlo_dir!r} is a file; give a directory (it is "
+                        "created if missing).")
+    _positive(args, "measure")
+    cfg = config_from_args(args)
+    aot.main(cfg, aot.variants(args.target, args.devices, args.dtype, args.conv_impl),
+             cfg.steps_per_dispatch, args.json, args.hlo_dir, args.json_out, args.measure or 0)
+
+
 def cmd_data_prepare(args: argparse.Namespace) -> None:
     import os
 
@@ -317,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train_command(sub)
     _add_bench_command(sub)
+    _add_compile_command(sub)
     _add_eval_command(sub)
     _add_sample_command(sub)
     _add_parity_command(sub)
@@ -369,6 +384,35 @@ def _add_bench_command(sub) -> None:
                                "image_size", "dtype", "devices", "seed", "compilation_cache",
                                "cache_dir", "fid_mode"), with_preset=False)
     p.set_defaults(func=cmd_bench)
+
+
+def _add_compile_command(sub) -> None:
+    from jax_dcgan.targets import TARGETS  # imports no JAX
+
+    p = sub.add_parser("compile", help="compile the training step for a GPU or TPU this machine "
+                                       "need not have, and predict its speed")
+    p.add_argument("--target", nargs="+", choices=sorted(TARGETS) + ["local"], default=["h200"],
+                   metavar="TARGET", help=f"accelerators: {' '.join(TARGETS)}, or local (this "
+                                          "machine's own kind) (default: h200)")
+    p.add_argument("--devices", nargs="+", type=int, default=[1],
+                   help="devices of one host the step is data parallel over (default: 1)")
+    p.add_argument("--dtype", nargs="+", choices=("float32", "bfloat16", "float64"),
+                   default=["float32"], help="compute dtypes (default: float32)")
+    p.add_argument("--conv-impl", nargs="+", choices=CONV_IMPLS, default=["auto"],
+                   help="convolution backends; auto is xla on accelerators (default: auto)")
+    p.add_argument("--hlo-dir", metavar="DIR", help="write each compiled program's HLO there")
+    p.add_argument("--measure", type=int, metavar="REPEATS",
+                   help="also compile each variant for this machine's own devices and time it "
+                        "(REPEATS interleaved repeats): measured vs predicted, and whether the "
+                        "device's program matches the deviceless one")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--json-out", metavar="FILE",
+                   help="also write the JSON object to FILE, rewritten after each variant")
+    _add_config_flags(p, only=("batch_size", "gen_features", "dis_features", "latent_dim",
+                               "channels", "image_size", "gen_activation", "gen_slope",
+                               "dis_slope", "fresh_noise", "label_flip", "label_smoothing",
+                               "ema_decay", "checkpoint_every", "steps_per_dispatch"))
+    p.set_defaults(func=cmd_compile)
 
 
 def _add_eval_command(sub) -> None:
@@ -466,6 +510,7 @@ def _quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    runtime.quiet_absent_accelerators()
     if argv is None and args.command in HEAVY_COMMANDS:  # a command line, not a call from Python
         runtime.reexec_with_huge_pages()
     _quiet_libraries()

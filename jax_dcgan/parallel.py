@@ -111,6 +111,25 @@ class Layout:
             return replicate(state, self.devices)
         return jax.device_put(state, self.devices[0])
 
+    def placed_shapes(self, tree: Any) -> Any:
+        """ShapeDtypeStructs of `tree` (arrays or shapes) as `put` places it: what compiling
+        the step ahead of time takes."""
+        if not self.parallel:
+            sharding = jax.sharding.SingleDeviceSharding(self.devices[0])
+            return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                               sharding=sharding), tree)
+        sharding = device_sharding(self.devices)
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct((len(self.devices),) + x.shape,
+                                                           x.dtype, sharding=sharding), tree)
+
+    def batches_shape(self, count: int, batch_size: int, image_shape: tuple[int, ...]
+                      ) -> jax.ShapeDtypeStruct:
+        """The uint8 batches of one call of `count` steps, as `Batches.get` places them."""
+        d = len(self.devices)
+        shape = ((d, count, batch_size // (d * self.processes)) if self.parallel
+                 else (count, batch_size)) + tuple(image_shape)
+        return jax.ShapeDtypeStruct(shape, np.uint8, sharding=self.batch_sharding)
+
     def local(self, state: Any) -> Any:
         """One copy of a placed state, on this process's first device."""
         return unreplicate(state) if self.parallel else state

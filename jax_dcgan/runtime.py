@@ -65,6 +65,39 @@ def reexec_with_huge_pages() -> None:
         pass  # carry on with the default allocator
 
 
+def _pci_vendors() -> set[str]:
+    """The vendor IDs of this machine's PCI devices (Linux; empty elsewhere)."""
+    try:
+        names = os.listdir("/sys/bus/pci/devices")
+    except OSError:
+        return set()
+    vendors = set()
+    for name in names:
+        try:
+            with open(f"/sys/bus/pci/devices/{name}/vendor") as f:
+                vendors.add(f.read().strip().lower())
+        except OSError:
+            continue
+    return vendors
+
+
+def quiet_absent_accelerators() -> None:
+    """Keep the compilers of accelerators this machine lacks from logging at every JAX start.
+
+    `jax-dcgan compile` needs XLA's GPU compiler (the CUDA plugin) or libtpu on any machine;
+    installed where no such device is, the plugin's library check prints a traceback and
+    libtpu its host queries before JAX falls back to the CPU. Where no NVIDIA (or Google TPU)
+    device is on the PCI bus, the check is skipped and libtpu told it is on one host; a
+    machine with the device is left as it is. Call before JAX initialises its backends."""
+    vendors = _pci_vendors()
+    if "0x10de" not in vendors and not os.path.exists("/proc/driver/nvidia"):
+        os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
+    if "0x1ae0" not in vendors:  # Google (TPU)
+        for name, value in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_WORKER_HOSTNAMES", "localhost"),
+                            ("TPU_ACCELERATOR_TYPE", "v5litepod-4")):
+            os.environ.setdefault(name, value)
+
+
 def enable_compilation_cache(cache_root: str) -> None:
     """JAX's persistent compilation cache in `<cache_root>/xla`, unless one is configured
     already (JAX_COMPILATION_CACHE_DIR or jax.config), which is then kept. JAX opens the

@@ -105,17 +105,6 @@ def test_default_variants_leave_out_fused_xla_on_cpu_only():
     assert bench.default_variants("gpu") == BENCH_VARIANTS
 
 
-def test_peak_flops_of_known_devices():
-    class Device:
-        device_kind = "NVIDIA H200"
-
-    assert bench.peak_flops(Device(), "bfloat16") == 989e12
-    assert bench.peak_flops(Device(), "float32") == 495e12  # TF32, JAX's default on GPUs
-    assert bench.peak_flops(Device(), "float64") is None
-    Device.device_kind = "cpu"
-    assert bench.peak_flops(Device(), "float32") is None
-
-
 def test_huge_pages_can_be_turned_off():
     result = json.loads(cli("bench", "--json", *TINY_FLAGS, "--variants", "jax-jit-matmul",
                             env={"JAX_DCGAN_HUGE_PAGES": "0"}).stdout)
