@@ -8,8 +8,10 @@ import os
 
 from jax_dcgan.runtime import quiet_absent_accelerators  # imports no JAX
 
-# XLA's GPU compiler is installed for tests/test_compile.py; on a machine without a GPU it
-# would log a traceback at every JAX start (the command line does the same).
+# XLA's GPU compiler is installed for tests/test_compile.py, which compiles for GPUs without
+# using one: the suite runs on CPU devices wherever it runs, and on a machine without a GPU
+# the plugin must not log a traceback at every JAX start (the command line does the same).
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 quiet_absent_accelerators()
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=4").strip()

@@ -5,8 +5,8 @@ The call is the loop's own: `Layout.step_function` of the run's configuration
 (`auto` convolutions resolved for the target's platform), the train state and the
 uint8 batches placed as `train` places them, one program of K steps (`lax.scan`)
 and one of a single step, as a run compiles. K is the flag's, or chosen as `train`
-chooses it, from the predicted step time, over the segments of the lecture's
-CelebA run at this batch size.
+chooses it, from the predicted step time, over the segments of a CelebA run of the
+configuration (the lecture's: 20 epochs at batch 128).
 
 The performance model is deliberately plain, so that a device check can confirm
 or correct each term:
@@ -23,7 +23,6 @@ assumptions, stated below, until a device has measured them
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import itertools
 import json
@@ -40,14 +39,13 @@ from jax_dcgan.config import Config
 from jax_dcgan.dispatch import Plan, choose_steps_per_dispatch
 from jax_dcgan.errors import UserError, check_batch_split, summarize
 from jax_dcgan.files import write_text
-from jax_dcgan.hlo import COLLECTIVES, Program
+from jax_dcgan.hlo import Program, xla_costs
 from jax_dcgan.layers import resolve_conv_impl
 from jax_dcgan.parallel import Layout
 from jax_dcgan.step import create_train_state
 from jax_dcgan.targets import TARGETS, Target, compile_only_devices, of_device_kind, target
 
 CELEBA_TRAIN_IMAGES = 162_770
-LECTURE_EPOCHS = 20
 # Assumed until measured: the time a GPU spends per kernel of a step beyond the kernel's own
 # work (launch, and the gap between small dependent kernels), and the latency of one NCCL
 # collective over NVLink for the small messages of this model. TPUs run a step as one
@@ -56,7 +54,9 @@ LAUNCH_S = {"cuda": 2e-6, "tpu": 0.0}
 COLLECTIVE_LATENCY_S = {"cuda": 10e-6, "tpu": 5e-6}
 # Bytes each device moves over its links per byte it contributes (ring algorithms, n devices).
 WIRE_FACTOR = {"all-reduce": lambda n: 2 * (n - 1) / n, "all-gather": lambda n: n - 1,
-               "reduce-scatter": lambda n: (n - 1) / n}
+               "reduce-scatter": lambda n: (n - 1) / n, "all-to-all": lambda n: (n - 1) / n,
+               "collective-permute": lambda n: 1, "collective-broadcast": lambda n: 1,
+               "ragged-all-to-all": lambda n: (n - 1) / n}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,10 +71,15 @@ class Variant:
         return f"{self.target}-{self.devices}dev-{self.dtype}-{self.conv_impl}"
 
 
-def lecture_plan(cfg: Config) -> Plan:
-    """The lecture's CelebA run at this batch size: its epochs, checkpoints and segments."""
+def celeba_plan(cfg: Config) -> Plan:
+    """A CelebA run of this configuration (the lecture's: 20 epochs at batch 128): its
+    epochs, checkpoints and segments."""
     steps_per_epoch = CELEBA_TRAIN_IMAGES // cfg.batch_size
-    return Plan(steps_per_epoch, LECTURE_EPOCHS * steps_per_epoch, cfg.checkpoint_every, 1)
+    if not steps_per_epoch:
+        raise UserError(f"--batch-size {cfg.batch_size} is more than CelebA's "
+                        f"{CELEBA_TRAIN_IMAGES} training images; the prediction is for epochs "
+                        "of CelebA, so give a smaller batch.")
+    return Plan(steps_per_epoch, cfg.epochs * steps_per_epoch, cfg.checkpoint_every, 1)
 
 
 def compile_program(cfg: Config, layout: Layout, steps: int):
@@ -93,7 +98,7 @@ def predict(counts: dict, t: Target, dtype: str, devices: int) -> dict:
         "memory_s": counts["bytes_accessed"] / t.memory_bandwidth,
         "launch_s": counts["launches"] * LAUNCH_S[t.platform],
         "collective_s": (sum(counts["collectives"].values()) * COLLECTIVE_LATENCY_S[t.platform]
-                         + sum(WIRE_FACTOR.get(kind, lambda n: n - 1)(devices) * size
+                         + sum(WIRE_FACTOR[kind](devices) * size
                                for kind, size in counts["collective_bytes_by_kind"].items())
                          / t.link_bandwidth),
     }
@@ -118,19 +123,17 @@ def convolution_problems(counts: dict) -> list[str]:
     return problems
 
 
+def program_kinds(counts: dict) -> dict:
+    """What must match between a deviceless and a device compile of a step: its convolution
+    calls by kind and its collectives."""
+    return {**counts["convolutions"], **counts["collectives"]}
+
+
 def _counts(program: Program, steps: int) -> dict:
     counts = program.per_step(steps)
     counts["collective_bytes_by_kind"] = {k: v / steps for k, v in
                                           program.collective_bytes.items()}
     return counts
-
-
-def _tpu_costs(compiled) -> dict:
-    """FLOPs and bytes of a one-step TPU program by XLA's cost analysis (which counts a
-    dilated convolution's real taps, where `hlo.Program` counts its window)."""
-    analysis = compiled.cost_analysis()
-    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
-    return {"flops": float(analysis["flops"]), "bytes_accessed": float(analysis["bytes accessed"])}
 
 
 def _memory(compiled, t: Target) -> dict:
@@ -165,29 +168,30 @@ def compile_variant(cfg: Config, variant: Variant, steps_per_dispatch: int,
                         "convolutions); use float32 or bfloat16.")
     run_cfg = cfg.replace(dtype=variant.dtype, conv_impl=variant.conv_impl)
     check_batch_split(run_cfg.batch_size, variant.devices)
-    plan = lecture_plan(run_cfg)
+    plan = celeba_plan(run_cfg)
     with runtime.float64_mode(variant.dtype):
         layout = Layout(compile_only_devices(t, variant.devices))
         run_cfg = run_cfg.replace(conv_impl=resolve_conv_impl(run_cfg.conv_impl, layout.platform))
         variant = dataclasses.replace(variant, conv_impl=run_cfg.conv_impl)
         programs = {1: _compiled(run_cfg, layout, 1)}
+        # TPU programs hold their convolutions in fusions, with input dilation done by the
+        # hardware: XLA's own count of the one-step program is the better one there.
+        xla_count = xla_costs(programs[1][0]) if t.platform == "tpu" else {}
         if steps_per_dispatch:
             k = min(steps_per_dispatch, max(plan.segments()))
         else:  # as train chooses K, from the (predicted) time of one step
-            one = predict(_counts(programs[1][1], 1), t, variant.dtype, variant.devices)
+            one = predict({**_counts(programs[1][1], 1), **xla_count}, t, variant.dtype,
+                          variant.devices)
             k = choose_steps_per_dispatch(one["step_s"], plan.segments())
         if k > 1:
             programs[k] = _compiled(run_cfg, layout, k)
         leaves = len(jax.tree.leaves(jax.eval_shape(lambda: create_train_state(run_cfg))))
     compiled, program, seconds = programs[k]
-    counts = _counts(program, k)
-    if t.platform == "tpu":  # TPUs run input-dilated convolutions natively: XLA's own count
-        counts.update(_tpu_costs(programs[1][0]))
+    counts = {**_counts(program, k), **xla_count}
     model = predict(counts, t, variant.dtype, variant.devices)
     if hlo_dir:
         for steps, (c, _, _) in programs.items():
             write_text(os.path.join(hlo_dir, f"{variant.label}-{steps}step.hlo.txt"), c.as_text())
-    lecture_steps = LECTURE_EPOCHS * plan.steps_per_epoch
     return {
         **dataclasses.asdict(variant), "label": variant.label,
         "device_kind": t.device_kind, "batch_size": run_cfg.batch_size,
@@ -201,8 +205,8 @@ def compile_variant(cfg: Config, variant: Variant, steps_per_dispatch: int,
         "model": model,
         "steps_per_s": 1 / model["step_s"],
         "images_per_s": run_cfg.batch_size / model["step_s"],
-        "lecture_run": {"epochs": LECTURE_EPOCHS, "steps": lecture_steps,
-                        "minutes": lecture_steps * model["step_s"] / 60},
+        "celeba_run": {"epochs": run_cfg.epochs, "steps": plan.total_steps,
+                       "minutes": plan.total_steps * model["step_s"] / 60},
     }
 
 
@@ -224,39 +228,33 @@ def _local_call(cfg: Config, v: dict, calls: int):
     return Program.read(compiled.as_text()), bench.per_step_timer(run, k * calls)
 
 
-def measure(cfg: Config, reports: list[dict], repeats: int, calls: int = 4) -> None:
-    """Time each reported variant's K-step call on this machine's own devices (repeats
-    interleaved across variants) and set `measured` in its report: the times, the model's
-    error, the per-launch cost the measurement implies, and whether the device's program
-    has the same convolution calls and collectives as the deviceless one."""
-    local = jax.local_devices()
-    if any(v["dtype"] == "float64" for v in reports):
-        raise UserError("--measure times float32 and bfloat16 variants; leave out float64.")
-    if max(v["devices"] for v in reports) > len(local):
-        raise UserError(f"--measure runs on this machine's devices, and it has {len(local)}; "
-                        "lower --devices.")
-    timers = []
-    for v in reports:
-        program, timer = _local_call(cfg.replace(dtype=v["dtype"], conv_impl=v["conv_impl"]),
-                                     v, calls)
-        chip = of_device_kind(local[0].device_kind)
-        same_chip = chip is not None and chip.name == v["target"]
-        v["measured"] = {"device_kind": local[0].device_kind, "comparable": same_chip,
-                         "device_program": dict(kinds_of({"counts": program.per_step(
-                             v["steps_per_dispatch"])}))}
-        timers.append((v, timer, []))
-    for _ in range(repeats):
-        for v, timer, times in timers:
-            times.append(timer())
-    for v, _, times in timers:
-        m, median = v["model"], statistics.median(times)
-        work = max(m["compute_s"] or 0.0, m["memory_s"])
-        v["measured"].update(
-            step_ms_median=1e3 * median, step_ms_min=1e3 * min(times), repeats=len(times),
-            predicted_ms=1e3 * m["step_s"], measured_over_predicted=median / m["step_s"],
-            implied_launch_us=1e6 * (median - work - m["collective_s"])
-            / max(v["counts"]["launches"], 1),
-            program_matches=v["measured"]["device_program"] == dict(kinds_of(v)))
+def _start_measuring(cfg: Config, report: dict, calls: int = 4):
+    """Compile the variant's call for this machine's devices, time one repeat and record it
+    in `report['measured']`; (report, timer, times) for the rounds that follow."""
+    program, timer = _local_call(cfg.replace(dtype=report["dtype"],
+                                             conv_impl=report["conv_impl"]), report, calls)
+    kind = jax.local_devices()[0].device_kind
+    chip = of_device_kind(kind)
+    report["measured"] = {
+        "device_kind": kind, "comparable": chip is not None and chip.name == report["target"],
+        "device_program": program_kinds(_counts(program, report["steps_per_dispatch"]))}
+    times = [timer()]
+    _record_times(report, times)
+    return report, timer, times
+
+
+def _record_times(report: dict, times: list[float]) -> None:
+    """Measured against predicted: the times, the model's error, the per-launch cost the
+    measurement implies, and whether the device's program has the same convolution calls
+    and collectives as the deviceless one."""
+    m, median = report["model"], statistics.median(times)
+    work = max(m["compute_s"] or 0.0, m["memory_s"])
+    report["measured"].update(
+        step_ms_median=1e3 * median, step_ms_min=1e3 * min(times), repeats=len(times),
+        predicted_ms=1e3 * m["step_s"], measured_over_predicted=median / m["step_s"],
+        implied_launch_us=1e6 * (median - work - m["collective_s"])
+        / max(report["counts"]["launches"], 1),
+        program_matches=report["measured"]["device_program"] == program_kinds(report["counts"]))
 
 
 def assumptions() -> dict:
@@ -272,24 +270,38 @@ def assumptions() -> dict:
 
 def run(cfg: Config, variants: list[Variant], steps_per_dispatch: int,
         hlo_dir: str | None = None, snapshot=None, measure_repeats: int = 0) -> dict:
+    """Compile and report every variant; with `measure_repeats`, also time them here."""
+    if measure_repeats and any(v.dtype == "float64" for v in variants):
+        raise UserError("--measure times float32 and bfloat16 variants; leave out float64.")
+    if measure_repeats and max(v.devices for v in variants) > len(jax.local_devices()):
+        raise UserError(f"--measure runs on this machine's devices, and it has "
+                        f"{len(jax.local_devices())}; lower --devices.")
     result = {"config": {k: getattr(cfg, k) for k in ("batch_size", "gen_features",
                                                       "dis_features", "latent_dim",
-                                                      "image_size")},
+                                                      "image_size", "epochs")},
               "jax": jax.__version__, "model_assumptions": assumptions(), "variants": []}
-    for variant in variants:
+    measuring = []  # each variant is timed once as soon as it is built (a run cut short
+    for variant in variants:  # keeps what it measured), then in interleaved rounds
         result["variants"].append(compile_variant(cfg, variant, steps_per_dispatch, hlo_dir))
+        if measure_repeats:
+            measuring.append(_start_measuring(cfg, result["variants"][-1]))
         if snapshot:
             snapshot(result)
-    if measure_repeats:
-        measure(cfg, result["variants"], measure_repeats)
+    for _ in range(measure_repeats - 1):
+        for report, timer, times in measuring:
+            times.append(timer())
+            _record_times(report, times)
+        if snapshot:
+            snapshot(result)
     return result
 
 
 def local_target() -> str:
     """The target that this machine's first device is."""
     kind = jax.local_devices()[0].device_kind
-    if of_device_kind(kind):
-        return of_device_kind(kind).name
+    found = of_device_kind(kind)
+    if found:
+        return found.name
     raise UserError(f"--target local: this machine's device ({kind}) is none of the targets "
                     f"({', '.join(TARGETS)}); name one.")
 
@@ -307,18 +319,19 @@ def format_report(result: dict) -> str:
              "per step and per device, predicted (not measured)", ""]
     header = (f"{'variant':34s} {'K':>3s} {'step ms':>8s} {'steps/s':>8s} {'img/s':>8s} "
               f"{'MFU':>6s} {'bound':>11s} {'launch':>6s} {'coll':>5s} {'GFLOP':>7s} "
-              f"{'GB':>6s} {'mem GB':>7s} {'20 ep min':>9s}")
+              f"{'GB':>6s} {'mem GB':>7s} {str(c['epochs']) + ' ep min':>9s}")
     lines.append(header)
     for v in result["variants"]:
         m, n = v["model"], v["counts"]
         mfu = f"{100 * m['mfu']:.1f}%" if m["mfu"] else "-"
+        name = f"{v['target']} x{v['devices']} {v['dtype']} {v['conv_impl']}"
         lines.append(
-            f"{v['target'] + ' x' + str(v['devices']) + ' ' + v['dtype'] + ' ' + v['conv_impl']:34s} "
+            f"{name:34s} "
             f"{v['steps_per_dispatch']:3d} {1e3 * m['step_s']:8.3f} {v['steps_per_s']:8.0f} "
             f"{v['images_per_s']:8.0f} {mfu:>6s} {m['bound_by']:>11s} {n['launches']:6.0f} "
             f"{sum(n['collectives'].values()):5.0f} {n['flops'] / 1e9:7.1f} "
             f"{n['bytes_accessed'] / 1e9:6.2f} {v['memory']['total_bytes'] / 1e9:7.2f} "
-            f"{v['lecture_run']['minutes']:9.1f}")
+            f"{v['celeba_run']['minutes']:9.1f}")
     lines.append("")
     for v in result["variants"]:
         lines.append(f"{v['label']}: {describe(v)}")
@@ -367,11 +380,4 @@ def main(cfg: Config, variant_list: list[Variant], steps_per_dispatch: int, as_j
     print(json.dumps(result, indent=2) if as_json else format_report(result))
 
 
-def kinds_of(v: dict) -> collections.Counter:
-    """The kernel kinds of a variant's step that must match between a deviceless and a device
-    compile: convolutions by kind and collectives."""
-    n = v["counts"]
-    return collections.Counter({**n["convolutions"], **{k: n["collectives"].get(k, 0)
-                                                        for k in COLLECTIVES
-                                                        if n["collectives"].get(k)}})
 

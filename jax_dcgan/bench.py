@@ -27,13 +27,11 @@ utilisation divides them by the step time and the device's peak where it is know
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 import json
 import os
 import platform
-import re
 import statistics
 import tempfile
 import time
@@ -50,6 +48,7 @@ from jax_dcgan.data import cache_root
 from jax_dcgan.errors import check_batch_split, summarize
 from jax_dcgan.feeding import Batches
 from jax_dcgan.files import write_text
+from jax_dcgan.hlo import Program, xla_costs
 from jax_dcgan.layers import Conv, ConvTranspose, conv2d, conv_transpose2d
 from jax_dcgan.models import DTYPES, Discriminator, Generator
 from jax_dcgan.optional import import_torch
@@ -58,8 +57,6 @@ from jax_dcgan.plots import read_metrics, steady_images_per_s
 from jax_dcgan.step import create_train_state, jit_train_steps, pmap_train_steps
 from jax_dcgan.targets import peak_flops
 from jax_dcgan.train import train
-
-LIBRARY_CALL = re.compile(r'custom_call_target="(__cudnn\$[A-Za-z]+|__cublas\$[A-Za-z$]+)"')
 
 
 @dataclasses.dataclass
@@ -160,11 +157,11 @@ def jit_variant(cfg: Config, steps: int, impl: str) -> Timed:
     compiled, state, batch = compile_step(cfg.replace(conv_impl=impl), jax.local_devices()[0])
     run = carried_calls(compiled, state, lambda _: batch, 1, steps)
     run()
-    timed = Timed(f"jax-jit-{impl}", "jax", per_step_timer(run, steps), time.perf_counter() - start)
-    timed.extra["flops_per_step"] = _flops(compiled)
+    timed = Timed(f"jax-jit-{impl}", "jax", per_step_timer(run, steps),
+                  time.perf_counter() - start)
+    timed.extra["flops_per_step"] = xla_costs(compiled).get("flops")
     hlo = compiled.as_text()
-    timed.extra["library_calls"] = dict(sorted(collections.Counter(
-        LIBRARY_CALL.findall(hlo)).items()))
+    timed.extra["library_calls"] = Program.read(hlo).library_calls
     timed.extra["hlo"] = hlo
     return timed
 
@@ -175,9 +172,10 @@ def pmap_variant(cfg: Config, steps: int, devices: list) -> Timed:
     batch = jax.device_put(_images(cfg, cfg.batch_size).reshape(d, 1, cfg.batch_size // d,
                                                                 *([cfg.image_size] * 2), -1),
                            device_sharding(devices))
-    run = carried_calls(step, replicate(create_train_state(cfg), devices), lambda _: batch, 1, steps)
-    return Timed(f"jax-pmap ({d} device{'s' if d > 1 else ''})", "jax", per_step_timer(run, steps),
-                 _first_call(run))
+    run = carried_calls(step, replicate(create_train_state(cfg), devices), lambda _: batch, 1,
+                        steps)
+    return Timed(f"jax-pmap ({d} device{'s' if d > 1 else ''})", "jax",
+                 per_step_timer(run, steps), _first_call(run))
 
 
 def fused_variant(cfg: Config, steps: int, impl: str, calls: int = 4) -> Timed:
@@ -189,9 +187,9 @@ def fused_variant(cfg: Config, steps: int, impl: str, calls: int = 4) -> Timed:
                       2 * steps, layout, resident=True)
     state = jax.device_put(create_train_state(cfg), device)
     run = carried_calls(jit_train_steps(cfg.replace(conv_impl=impl)), state,
-                 lambda position: batches.get(position % (2 * steps), steps), steps, calls)
-    return Timed(f"jax-fused-{impl} ({steps} steps/call)", "jax", per_step_timer(run, steps * calls),
-                 _first_call(run))
+                        lambda position: batches.get(position % (2 * steps), steps), steps, calls)
+    return Timed(f"jax-fused-{impl} ({steps} steps/call)", "jax",
+                 per_step_timer(run, steps * calls), _first_call(run))
 
 
 def train_loop_variant(cfg: Config, steps: int, epochs: int) -> Timed:
@@ -213,14 +211,6 @@ def train_loop_variant(cfg: Config, steps: int, epochs: int) -> Timed:
                   time.perf_counter() - start)
     timed.times.append(first)
     return timed
-
-
-def _flops(compiled) -> float | None:
-    analysis = compiled.cost_analysis()
-    if isinstance(analysis, (list, tuple)):
-        analysis = analysis[0] if analysis else {}
-    flops = (analysis or {}).get("flops")
-    return float(flops) if flops and flops > 0 else None
 
 
 def default_variants(platform_name: str) -> tuple[str, ...]:
@@ -256,9 +246,7 @@ def run(cfg: Config, steps: int, repeats: int, variants: tuple[str, ...], device
     for name in (v for v in BENCH_VARIANTS if v in variants):
         timed.append(builders[name]())
         if hlo_dir and "hlo" in timed[-1].extra:
-            os.makedirs(hlo_dir, exist_ok=True)
-            with open(os.path.join(hlo_dir, f"{timed[-1].name}.hlo.txt"), "w") as f:
-                f.write(timed[-1].extra["hlo"])
+            write_text(os.path.join(hlo_dir, f"{timed[-1].name}.hlo.txt"), timed[-1].extra["hlo"])
         if snapshot:
             snapshot(summary(timed))
     for _ in range(repeats):  # interleaved

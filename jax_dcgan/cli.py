@@ -65,6 +65,21 @@ def _positive(args: argparse.Namespace, *names: str, minimum: int = 1) -> None:
             raise UserError(f"--{flag(name)} must be at least {minimum}, got {value}.")
 
 
+def _output_paths(args: argparse.Namespace) -> None:
+    """Before any work: --hlo-dir names a directory (or nothing yet), --json-out a file in a
+    folder this process can write."""
+    if args.hlo_dir and os.path.exists(args.hlo_dir) and not os.path.isdir(args.hlo_dir):
+        raise UserError(f"--hlo-dir {args.hlo_dir!r} is a file; give a directory (it is "
+                        "created if missing).")
+    if args.json_out and os.path.isdir(args.json_out):
+        raise UserError(f"--json-out {args.json_out!r} is a directory; give the name of a "
+                        "file to write.")
+    folder = os.path.dirname(os.path.abspath(args.json_out or "."))
+    if args.json_out and os.path.isdir(folder) and not os.access(folder, os.W_OK):
+        raise UserError(f"--json-out {args.json_out!r}: its folder {folder!r} is not "
+                        "writable.")
+
+
 def _load_noise(path: str, latent_dim: int, num: int | None):
     import numpy as np
 
@@ -252,9 +267,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         raise UserError("--fid times FID's network alone; --layers, --variants and --hlo-dir "
                         "are for the training step, so leave them out.")
     _positive(args, "loop_epochs", minimum=2)  # the first epoch (compilation) is not timed
-    if args.hlo_dir and os.path.exists(args.hlo_dir) and not os.path.isdir(args.hlo_dir):
-        raise UserError(f"--hlo-dir {args.hlo_dir!r} is a file; give a directory (it is "
-                        "created if missing).")
+    _output_paths(args)
     cfg = config_from_args(args)
     with runtime.float64_mode(cfg.dtype):
         bench.main(cfg, args.steps, args.repeats, tuple(args.variants) if args.variants else None,
@@ -267,12 +280,11 @@ def cmd_compile(args: argparse.Namespace) -> None:
 
     if min(args.devices) < 1:
         raise UserError(f"--devices must be at least 1, got {min(args.devices)}.")
-    if args.hlo_dir and os.path.exists(args.hlo_dir) and not os.path.isdir(args.hlo_dir):
-        raise UserError(f"--hlo-dir {args.hlo_dir!r} is a file; give a directory (it is "
-                        "created if missing).")
+    _output_paths(args)
     _positive(args, "measure")
     cfg = config_from_args(args)
-    aot.main(cfg, aot.variants(args.target, args.devices, args.dtype, args.conv_impl),
+    dtypes, impls = args.dtypes or [cfg.dtype], args.conv_impls or [cfg.conv_impl]
+    aot.main(cfg, aot.variants(args.target, args.devices, dtypes, impls),
              cfg.steps_per_dispatch, args.json, args.hlo_dir, args.json_out, args.measure or 0)
 
 
@@ -396,10 +408,12 @@ def _add_compile_command(sub) -> None:
                                           "machine's own kind) (default: h200)")
     p.add_argument("--devices", nargs="+", type=int, default=[1],
                    help="devices of one host the step is data parallel over (default: 1)")
-    p.add_argument("--dtype", nargs="+", choices=("float32", "bfloat16", "float64"),
-                   default=["float32"], help="compute dtypes (default: float32)")
-    p.add_argument("--conv-impl", nargs="+", choices=CONV_IMPLS, default=["auto"],
-                   help="convolution backends; auto is xla on accelerators (default: auto)")
+    p.add_argument("--dtype", nargs="+", dest="dtypes", choices=("float32", "bfloat16",
+                                                                 "float64"),
+                   help="compute dtypes (default: the configuration's, float32)")
+    p.add_argument("--conv-impl", nargs="+", dest="conv_impls", choices=CONV_IMPLS,
+                   help="convolution backends; auto is xla on accelerators (default: the "
+                        "configuration's, auto)")
     p.add_argument("--hlo-dir", metavar="DIR", help="write each compiled program's HLO there")
     p.add_argument("--measure", type=int, metavar="REPEATS",
                    help="also compile each variant for this machine's own devices and time it "
@@ -410,8 +424,9 @@ def _add_compile_command(sub) -> None:
                    help="also write the JSON object to FILE, rewritten after each variant")
     _add_config_flags(p, only=("batch_size", "gen_features", "dis_features", "latent_dim",
                                "channels", "image_size", "gen_activation", "gen_slope",
-                               "dis_slope", "fresh_noise", "label_flip", "label_smoothing",
-                               "ema_decay", "checkpoint_every", "steps_per_dispatch"))
+                               "dis_slope", "weight_init", "fresh_noise", "label_flip",
+                               "label_smoothing", "ema_decay", "epochs", "checkpoint_every",
+                               "steps_per_dispatch"))
     p.set_defaults(func=cmd_compile)
 
 

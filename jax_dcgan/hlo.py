@@ -37,17 +37,17 @@ CONV_CALLS = {"__cudnn$convForward": "cudnn_forward",
               "__cudnn$convBackwardFilter": "cudnn_backward_filter",
               "__cudnn$convBiasActivationForward": "cudnn_bias_activation"}
 GEMM_CALLS = ("__cublas$gemm", "__cublas$lt$matmul")
+GEMM_KINDS = ("cublas_gemm", "triton_gemm", "cudnn_gemm_fusion", "custom_gemm_fusion", "xla_dot")
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all",
                "collective-broadcast", "ragged-all-to-all")
 HOST_OPS = ("send", "recv", "infeed", "outfeed", "host-compute")
 HOST_CALLS = ("xla_python_gpu_callback", "xla_ffi_python_gpu_callback",
               "xla_python_cpu_callback", "xla_ffi_python_cpu_callback", "tpu_custom_call_host")
-# Instructions that launch nothing: bookkeeping, control flow, and the second half of async
-# pairs (their start is counted).
+# Instructions that launch nothing: bookkeeping and control flow (and, by their `-done`
+# suffix, the second half of async pairs, whose start is counted).
 NOT_KERNELS = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while", "call",
                "conditional", "after-all", "add-dependency", "opt-barrier", "domain",
-               "partition-id", "replica-id", "async-done", "copy-done", "send-done", "recv-done",
-               "all-reduce-done", "all-gather-done", "collective-permute-done"}
+               "partition-id", "replica-id", "async-update"}
 
 
 def shape_bytes(shape: str) -> int:
@@ -115,28 +115,41 @@ def parse_module(text: str) -> tuple[dict[str, list[Instruction]], str, str]:
     computations: dict[str, list[Instruction]] = {}
     entry, header, current = "", "", None
     for line in text.splitlines():
-        if line.startswith("HloModule"):
-            header = line
-        elif (found := COMPUTATION.match(line)) and not line.startswith(" "):
+        header = line if line.startswith("HloModule") else header
+        found = None if line.startswith(" ") else COMPUTATION.match(line)
+        if found:
             current = computations.setdefault(found.group(2), [])
             entry = found.group(2) if found.group(1) else entry
-        elif line.startswith("}"):
+            continue
+        if line.startswith("}"):
             current = None
-        elif current is not None and (instruction := parse_instruction(line)):
+        instruction = parse_instruction(line) if current is not None else None
+        if instruction:
             current.append(instruction)
     if not entry:
         raise ValueError("no ENTRY computation: not the text of an HLO module")
     return computations, entry, header
 
 
-def trip_count(instruction: Instruction) -> int:
+def trip_count(instruction: Instruction) -> int | None:
+    """A while loop's trip count, where XLA knows it (a `lax.scan`'s always is)."""
     found = re.search(r'"known_trip_count":\{"n":"(\d+)"\}', instruction.attributes)
-    return int(found.group(1)) if found else 1
+    return int(found.group(1)) if found else None
+
+
+def called_computations(instruction: Instruction) -> list[str]:
+    """The computations a call or conditional runs (every branch of a conditional, so that
+    a branch's kernels count once per run: an upper bound)."""
+    found = re.findall(r"\b(?:to_apply|calls|true_computation|false_computation)=%([^\s,}]+)",
+                       instruction.attributes)
+    branches = re.search(r"branch_computations=\{([^}]*)\}", instruction.attributes)
+    return found + (re.findall(r"%([^\s,}]+)", branches.group(1)) if branches else [])
 
 
 def _conv_flops(instruction: Instruction, shapes: dict[str, str]) -> float:
     """2 x multiply-adds of the forward convolution a call computes a pass of: output
-    elements x window taps x input features per group."""
+    elements x window taps x input features per group (padding taps included, as FLOPs of
+    a convolution are usually counted)."""
     labels = instruction.attribute("dim_labels")
     if not labels:
         return 0.0
@@ -150,10 +163,11 @@ def _conv_flops(instruction: Instruction, shapes: dict[str, str]) -> float:
     out_dims, kernel_dims = shape_dims(out), shape_dims(kernel)
     if not out_dims or not kernel_dims:
         return 0.0
+    # The kernel's input features are already per group (feature_group_count), so every
+    # output element takes the kernel's taps x input features multiply-adds.
     per_output = math.prod(size for label, size in zip(kernel_labels, kernel_dims[0])
                            if label != "o")
-    groups = int(instruction.attribute("feature_group_count") or 1)
-    return 2.0 * math.prod(out_dims[0]) * per_output / groups
+    return 2.0 * math.prod(out_dims[0]) * per_output
 
 
 def _dot_flops(instruction: Instruction, shapes: dict[str, str]) -> float:
@@ -181,6 +195,22 @@ def _interior_padding(instruction: Instruction) -> bool:
     return any(len(p.split("_")) == 3 and p.split("_")[2] != "0" for p in padding.split("x"))
 
 
+def _zero_stuffing(producer: Instruction | None, computations: dict,
+                   by_name: dict[str, Instruction]) -> bool:
+    """Whether a convolution's operand is an interior pad, or a fusion that contains one
+    (through bitcasts and copies)."""
+    while producer is not None and producer.opcode in ("bitcast", "copy"):
+        producer = by_name.get(producer.operands[0]) if producer.operands else None
+    if producer is None:
+        return False
+    if producer.opcode == "pad":
+        return _interior_padding(producer)
+    if producer.opcode == "fusion":
+        body = computations.get((producer.attribute("calls") or "").lstrip("%"), [])
+        return any(i.opcode == "pad" and _interior_padding(i) for i in body)
+    return False
+
+
 @dataclasses.dataclass
 class Program:
     """Counts per call of a compiled program; `per_step` divides by the steps it runs."""
@@ -192,11 +222,18 @@ class Program:
     zero_stuffed: int = 0       # convolutions fed by an interior-padded input
     host_transfers: int = 0
     aliased_outputs: int = 0    # outputs that reuse a donated input's buffer
+    unknown_trip_counts: int = 0  # while loops counted once, their trip count not known
     in_loop: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
     @property
     def convolutions(self) -> dict[str, int]:
         kinds = list(CONV_CALLS.values()) + ["xla_convolution", "convolution_fusion"]
+        return {kind: self.kernels[kind] for kind in kinds if self.kernels[kind]}
+
+    @property
+    def library_calls(self) -> dict[str, int]:
+        """Convolutions and matrix products that run as cuDNN, cuBLAS or Triton kernels."""
+        kinds = [*CONV_CALLS.values(), "cublas_gemm", "triton_gemm", "cudnn_gemm_fusion"]
         return {kind: self.kernels[kind] for kind in kinds if self.kernels[kind]}
 
     @property
@@ -218,20 +255,22 @@ class Program:
 
     def _walk(self, computations: dict, name: str, times: int, in_loop: bool) -> None:
         instructions = computations.get(name, [])
+        by_name = {i.name: i for i in instructions}
         shapes = {i.name: i.shape for i in instructions}
         for instruction in instructions:
             if instruction.opcode == "while":
                 n = trip_count(instruction)
+                self.unknown_trip_counts += n is None
+                n = n or 1
                 self._walk(computations, instruction.attribute("body").lstrip("%"), times * n, True)
                 self._walk(computations, instruction.attribute("condition").lstrip("%"),
                            times * (n + 1), True)
                 continue
             if instruction.opcode in ("call", "conditional"):
-                for called in re.findall(r"(?:to_apply|branch_computations|calls)=\{?%([^\s,}]+)",
-                                         instruction.attributes):
+                for called in called_computations(instruction):
                     self._walk(computations, called, times, in_loop)
                 continue
-            kind = self._kind(instruction, computations, shapes)
+            kind = self._kind(instruction, computations)
             if kind is None:
                 continue
             self.kernels[kind] += times
@@ -246,16 +285,20 @@ class Program:
             if kind == "host_transfer":
                 self.host_transfers += times
             if kind in CONV_CALLS.values() or kind == "xla_convolution":
-                self.zero_stuffed += times * any(
-                    self._zero_stuffs(computations, shapes, o, instructions)
-                    for o in instruction.operands)
+                self.zero_stuffed += times * (
+                    "lhs_dilate=" in (instruction.attribute("window") or "") or any(
+                        _zero_stuffing(by_name.get(o), computations, by_name)
+                        for o in instruction.operands))
 
     @staticmethod
-    def _kind(instruction: Instruction, computations: dict, shapes: dict) -> str | None:
+    def _kind(instruction: Instruction, computations: dict) -> str | None:
         op = instruction.opcode
-        base = op.removesuffix("-start")
-        if op in NOT_KERNELS:
+        if op in NOT_KERNELS or op.endswith("-done"):
             return None
+        if op == "async-start":  # XLA wraps some collectives: the kind is the wrapped op's
+            body = computations.get((instruction.attribute("calls") or "").lstrip("%"), [])
+            op = next((i.opcode for i in body if i.opcode in COLLECTIVES), op)
+        base = op.removesuffix("-start")
         if base in COLLECTIVES:
             return base
         if op in HOST_OPS or "S(5)" in instruction.shape or instruction.target in HOST_CALLS:
@@ -272,8 +315,12 @@ class Program:
             return "xla_dot"
         if op == "fusion":
             body = computations.get((instruction.attribute("calls") or "").lstrip("%"), [])
-            if any(i.opcode == "dot" for i in body) and "kind=kCustom" in instruction.attributes:
-                return "triton_gemm"
+            if "kind=kCustom" in instruction.attributes and any(i.opcode == "dot" for i in body):
+                backend = re.search(r'"fusion_backend_config":\{"kind":"([^"]+)"',
+                                    instruction.attributes)
+                backend = backend.group(1) if backend else ""
+                return "triton_gemm" if "triton" in backend else (
+                    "cudnn_gemm_fusion" if "cudnn" in backend else "custom_gemm_fusion")
             if any(i.opcode == "convolution" for i in body):
                 return "convolution_fusion"  # TPUs fuse convolutions with their neighbours
             return "fusion"
@@ -294,33 +341,31 @@ class Program:
                        for i in body if i.opcode in ("convolution", "dot"))
         return 0.0
 
-    @staticmethod
-    def _zero_stuffs(computations: dict, shapes: dict, operand: str,
-                     instructions: list[Instruction]) -> bool:
-        """Whether `operand` is an interior pad, or a fusion that contains one."""
-        producer = next((i for i in instructions if i.name == operand), None)
-        if producer is None:
-            return False
-        if producer.opcode == "pad":
-            return _interior_padding(producer)
-        if producer.opcode == "fusion":
-            body = computations.get((producer.attribute("calls") or "").lstrip("%"), [])
-            return any(i.opcode == "pad" and _interior_padding(i) for i in body)
-        return False
-
     def per_step(self, steps: int) -> dict:
         """The counts of one training step, for a program that runs `steps` of them."""
         return {
             "launches": self.launches / steps,
             "convolutions": {k: v / steps for k, v in self.convolutions.items()},
             "zero_stuffed_convolutions": self.zero_stuffed / steps,
-            "gemms": {k: self.kernels[k] / steps for k in ("cublas_gemm", "triton_gemm",
-                                                           "xla_dot") if self.kernels[k]},
+            "gemms": {k: self.kernels[k] / steps for k in GEMM_KINDS if self.kernels[k]},
             "fusions": self.kernels["fusion"] / steps,
             "copies": self.kernels["copy"] / steps,
             "collectives": {k: self.kernels[k] / steps for k in COLLECTIVES if self.kernels[k]},
             "collective_bytes": sum(self.collective_bytes.values()) / steps,
             "host_transfers": self.host_transfers / steps,
+            "unknown_trip_counts": self.unknown_trip_counts,
             "flops": self.flops / steps,
             "bytes_accessed": self.bytes_accessed / steps,
         }
+
+
+def xla_costs(compiled) -> dict[str, float]:
+    """FLOPs and bytes accessed by XLA's own cost analysis of a compiled program, where it
+    gives them (CPU and TPU programs; compile-only GPU programs give none)."""
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, (list, tuple)):
+        analysis = analysis[0] if analysis else {}
+    analysis = analysis or {}
+    return {name: float(analysis[key]) for name, key in (("flops", "flops"),
+                                                         ("bytes_accessed", "bytes accessed"))
+            if analysis.get(key, 0) > 0}

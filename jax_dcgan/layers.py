@@ -312,6 +312,11 @@ class BatchNorm(nn.Module):
     Statistics are float32 whatever the compute dtype. With `axis_name`, the batch
     statistics are those of the global batch across devices (SyncBatchNorm).
     `count` mirrors PyTorch's `num_batches_tracked` so checkpoints round-trip.
+
+    `groups` > 1 stands for that many train-mode calls on consecutive slices of the
+    batch (the discriminator's real and fake passes): each slice is normalised with
+    its own statistics and the running statistics move once per slice, in order, so
+    that the convolutions around it can run once over all slices.
     """
     momentum: float = 0.1
     epsilon: float = 1e-5
@@ -320,7 +325,7 @@ class BatchNorm(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool, groups: int = 1) -> jax.Array:
         c = x.shape[-1]
         scale = self.param("scale", self.scale_init, (c,))
         bias = self.param("bias", nn.initializers.zeros, (c,))
@@ -328,22 +333,28 @@ class BatchNorm(nn.Module):
         ra_var = self.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)
         count = self.variable("batch_stats", "count", jnp.zeros, (), jnp.int32)
 
+        if x.shape[0] % groups:
+            raise ValueError(f"a batch of {x.shape[0]} does not split into {groups} groups")
         x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+        x32 = x32.reshape(groups, x.shape[0] // groups, *x.shape[1:])
         if train:
-            axes = tuple(range(x.ndim - 1))
-            mean = self._global_mean(x32, axes)
-            var = self._global_mean(jnp.square(x32 - mean), axes)
+            axes = tuple(range(1, x32.ndim - 1))
+            mean = self._global_mean(x32, axes, keepdims=True)
+            var = self._global_mean(jnp.square(x32 - mean), axes, keepdims=True)
             if not self.is_initializing():
-                n = x.size // c * (1 if self.axis_name is None else lax.psum(1, self.axis_name))
+                n = x32[0].size // c * (1 if self.axis_name is None
+                                        else lax.psum(1, self.axis_name))
                 m, dtype = self.momentum, ra_mean.value.dtype
-                ra_mean.value = (1 - m) * ra_mean.value + m * mean.astype(dtype)
-                ra_var.value = (1 - m) * ra_var.value + m * (var * n / (n - 1)).astype(dtype)
-                count.value = count.value + 1
+                for g in range(groups):
+                    ra_mean.value = (1 - m) * ra_mean.value + m * mean[g].reshape(c).astype(dtype)
+                    ra_var.value = (1 - m) * ra_var.value + m * (
+                        var[g].reshape(c) * n / (n - 1)).astype(dtype)
+                count.value = count.value + groups
         else:
             mean, var = ra_mean.value, ra_var.value
         y = (x32 - mean) * (lax.rsqrt(var + self.epsilon) * scale) + bias
-        return y.astype(self.dtype)
+        return y.reshape(x.shape).astype(self.dtype)
 
-    def _global_mean(self, x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
-        mean = jnp.mean(x, axis=axes)
+    def _global_mean(self, x: jax.Array, axes: tuple[int, ...], keepdims: bool) -> jax.Array:
+        mean = jnp.mean(x, axis=axes, keepdims=keepdims)
         return mean if self.axis_name is None else lax.pmean(mean, self.axis_name)

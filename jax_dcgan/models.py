@@ -71,12 +71,15 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """images (N, H, W, C) -> logits (N,)."""
+    """images (N, H, W, C) -> logits (N,). With `groups` > 1 the batch is that many passes'
+    batches one after the other (the lecture's real and fake passes): the convolutions run
+    once over all of them, each BatchNorm normalises each with its own statistics and moves
+    its running statistics once per pass, in order, as separate calls would."""
     cfg: ModelConfig
     axis_name: str | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool, groups: int = 1) -> jax.Array:
         cfg = self.cfg
         conv, bn = _layer_kwargs(cfg)
         act = _activation("leaky_relu", cfg.dis_slope)
@@ -86,7 +89,8 @@ class Discriminator(nn.Module):
         x = act(Conv(widths[0], 4, 2, 1, use_bias=True, name="from_rgb", **conv)(x))  # (N, 32, 32, 64)
         for size, width in zip(sizes[2:], widths[1:]):                         # 16x16x128 ... 4x4x512
             x = Conv(width, 4, 2, 1, use_bias=False, name=_name("conv", size), **conv)(x)
-            x = act(BatchNorm(axis_name=self.axis_name, name=_name("bn", size), **bn)(x, train))
+            x = act(BatchNorm(axis_name=self.axis_name, name=_name("bn", size), **bn)(
+                x, train, groups))
         x = Conv(1, 4, 1, 0, use_bias=True, name="logit", **conv)(x)           # (N, 1, 1, 1)
         return x.reshape(x.shape[0]).astype(jnp.promote_types(x.dtype, jnp.float32))
 

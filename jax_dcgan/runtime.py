@@ -65,20 +65,25 @@ def reexec_with_huge_pages() -> None:
         pass  # carry on with the default allocator
 
 
-def _pci_vendors() -> set[str]:
-    """The vendor IDs of this machine's PCI devices (Linux; empty elsewhere)."""
+def _nvidia_gpu_present() -> bool:
+    """JAX's own test (jax_plugins' CUDA check): the driver's device files."""
+    return any(os.path.exists(p) for p in ("/dev/nvidia0", "/dev/nvidiactl", "/dev/dxg"))
+
+
+def _tpu_present() -> bool:
+    """A Google TPU on the PCI bus (vendor 0x1ae0), as JAX's hardware_utils looks for one."""
     try:
         names = os.listdir("/sys/bus/pci/devices")
     except OSError:
-        return set()
-    vendors = set()
+        return False
     for name in names:
         try:
             with open(f"/sys/bus/pci/devices/{name}/vendor") as f:
-                vendors.add(f.read().strip().lower())
+                if f.read().strip().lower() == "0x1ae0":
+                    return True
         except OSError:
             continue
-    return vendors
+    return False
 
 
 def quiet_absent_accelerators() -> None:
@@ -86,13 +91,13 @@ def quiet_absent_accelerators() -> None:
 
     `jax-dcgan compile` needs XLA's GPU compiler (the CUDA plugin) or libtpu on any machine;
     installed where no such device is, the plugin's library check prints a traceback and
-    libtpu its host queries before JAX falls back to the CPU. Where no NVIDIA (or Google TPU)
-    device is on the PCI bus, the check is skipped and libtpu told it is on one host; a
-    machine with the device is left as it is. Call before JAX initialises its backends."""
-    vendors = _pci_vendors()
-    if "0x10de" not in vendors and not os.path.exists("/proc/driver/nvidia"):
+    libtpu its host queries before JAX falls back to the CPU. Where no NVIDIA GPU (no driver
+    device files) or no TPU (none on the PCI bus) is, the check is skipped and libtpu told
+    it is on one host; a machine with the device is left as it is. Call before JAX
+    initialises its backends."""
+    if not _nvidia_gpu_present():
         os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
-    if "0x1ae0" not in vendors:  # Google (TPU)
+    if not _tpu_present():
         for name, value in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_WORKER_HOSTNAMES", "localhost"),
                             ("TPU_ACCELERATOR_TYPE", "v5litepod-4")):
             os.environ.setdefault(name, value)

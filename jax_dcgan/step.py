@@ -2,7 +2,8 @@
 
 It does what the lecture's `train_gan_v1` does per batch (see
 `torch_reference/step.py`): one generator pass, a discriminator Adam step on
-0.5 * (BCE(D(real), 1) + BCE(D(fake), 0)) with two separate train-mode passes,
+0.5 * (BCE(D(real), 1) + BCE(D(fake), 0)) with two train-mode passes (each with
+its own BatchNorm statistics; their convolutions run once over both batches),
 then a generator Adam step through a third pass of the *updated* discriminator
 on the same fake batch.
 
@@ -131,19 +132,22 @@ def train_step(state: TrainState, images: jax.Array, *, cfg: Config,
                               train=True, mutable=["batch_stats"])
         return fake, new["batch_stats"]
 
-    def discriminate(d_params, d_stats, x):
+    def discriminate(d_params, d_stats, x, groups=1):
         logits, new = dis.apply({"params": d_params, "batch_stats": d_stats}, x,
-                                train=True, mutable=["batch_stats"])
+                                train=True, groups=groups, mutable=["batch_stats"])
         return logits, new["batch_stats"]
 
     g_params, g_stats = state.generator["params"], state.generator["batch_stats"]
     fake, g_vjp, g_stats = jax.vjp(lambda p: generate(p, g_stats, rand["noise"]), g_params,
                                    has_aux=True)
 
-    # Discriminator: real and detached fake batches in two passes, then Adam.
+    # Discriminator: the real and the detached fake batch as two passes (each with its own
+    # BatchNorm statistics, running statistics moved by the real pass first) whose
+    # convolutions run once over both batches; then Adam.
     def d_loss_fn(d_params, d_stats):
-        pred_real, d_stats = discriminate(d_params, d_stats, real)
-        pred_fake, d_stats = discriminate(d_params, d_stats, lax.stop_gradient(fake))
+        both = jnp.concatenate([real, lax.stop_gradient(fake)])
+        logits, d_stats = discriminate(d_params, d_stats, both, groups=2)
+        pred_real, pred_fake = jnp.split(logits, 2)
         loss = 0.5 * (_bce(pred_real, rand["real_target"]) + _bce(pred_fake, rand["fake_target"]))
         return loss, (d_stats, pred_real)
 

@@ -23,7 +23,7 @@ import dataclasses
 import importlib.util
 from typing import Any
 
-from jax_dcgan.errors import UserError
+from jax_dcgan.errors import UserError, summarize
 
 KiB, MiB, GiB = 2 ** 10, 2 ** 20, 2 ** 30
 
@@ -80,7 +80,7 @@ class GpuProperties:
         }
         lines = [f"  {name}: {value}" for name, value in fields.items()]
         lines += [f"  cuda_compute_capability {{ major: {major} minor: {minor}{extension} }}",
-                  f'  device_vendor: "NVIDIA Corporation"', f'  name: "{target.device_kind}"']
+                  '  device_vendor: "NVIDIA Corporation"', f'  name: "{target.device_kind}"']
         return "\n".join([
             "gpu_device_info {", *lines, "}", 'platform_name: "CUDA"',
             f"dnn_version_info {{ major: {self.cudnn[0]} minor: {self.cudnn[1]} }}",
@@ -114,7 +114,7 @@ _NVIDIA = ("NVIDIA datasheets: {} (dense tensor-core TFLOP/s, HBM bandwidth, NVL
 TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("h100", "NVIDIA H100 80GB HBM3", "cuda", 80 * GiB, 3.35e12, 450e9, 8,
            _NVIDIA.format("H100 SXM5 80GB"), GpuProperties(**_HOPPER)),
-    Target("h200", "NVIDIA H200", "cuda", 141 * 10 ** 9, 4.8e12, 450e9, 8,
+    Target("h200", "NVIDIA H200", "cuda", 141 * GiB, 4.8e12, 450e9, 8,
            _NVIDIA.format("H200 SXM 141GB"), GpuProperties(**_HOPPER)),
     Target("a100", "NVIDIA A100-SXM4-80GB", "cuda", 80 * GiB, 2.039e12, 300e9, 8,
            _NVIDIA.format("A100 SXM4 80GB"),
@@ -138,15 +138,21 @@ def target(name: str) -> Target:
 
 
 def of_device_kind(kind: str) -> Target | None:
-    """The target a real device is, by its jax.Device.device_kind, if any."""
-    compact = kind.lower().replace(" ", "")
-    return next((t for t in TARGETS.values()
-                 if t.name in compact or t.device_kind.lower().replace(" ", "") in compact), None)
+    """The target a real device is, by its jax.Device.device_kind, if any: the same name, or
+    that name with more detail (not another part of the same family, such as an H100 PCIe or
+    an H200 NVL, whose peaks and bandwidths differ)."""
+    for t in TARGETS.values():
+        detail = kind[len(t.device_kind):] if kind.startswith(t.device_kind) else None
+        if detail == "" or (detail and detail.startswith(" ")
+                            and not any(other in detail for other in ("PCIe", "NVL"))):
+            return t
+    return None
 
 
 def check_compiler(t: Target) -> None:
     """A UserError naming the package to install when `t`'s compiler is missing."""
-    if t.platform == "cuda" and not importlib.util.find_spec("jax_plugins.xla_cuda13"):
+    if t.platform == "cuda" and not any(importlib.util.find_spec(f"jax_plugins.xla_cuda{v}")
+                                        for v in (13, 12)):
         raise UserError(
             f"Compiling for {t.name} needs XLA's GPU compiler, which is not installed: pip "
             "install 'jax-dcgan[gpu-compile]' (jax's CUDA 13 plugin at jax's version, without "
@@ -166,15 +172,20 @@ def compile_only_devices(t: Target, count: int) -> list[Any]:
         raise UserError(f"--devices {count}: one {t.name} host has {t.devices_per_host} chips; "
                         f"give 1 to {t.devices_per_host}.")
     if t.platform == "tpu":
-        return list(topologies.get_topology_desc(t.tpu_topology, "tpu").devices)[:count]
-    error = None
+        try:
+            return list(topologies.get_topology_desc(t.tpu_topology, "tpu").devices)[:count]
+        except Exception as e:  # JaxRuntimeError from libtpu
+            raise UserError(f"libtpu could not describe {t.name} ({summarize(e)}); libtpu must "
+                            "be the version jax asks for: pip install 'jax-dcgan[tpu-compile]'."
+                            ) from None
+    errors = []
     for optional in (True, False):  # an older jaxlib may not know every field
         try:
             return list(topologies.get_topology_desc(
                 t.name, "cuda", target_config=t.gpu.proto(t, optional),
                 topology=f"1x1x{count}").devices)
         except Exception as e:  # JaxRuntimeError, or NotImplementedError from old plugins
-            error = e
+            errors.append(summarize(e, 200))
     raise UserError(f"XLA's GPU compiler did not accept the {t.name} description "
-                    f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); the installed "
-                    "jax and jax-cuda13-plugin must have the same version.")
+                    f"({'; without its optional fields: '.join(errors)}); the installed jax and "
+                    "its CUDA plugin must have the same version.")

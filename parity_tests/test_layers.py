@@ -77,3 +77,24 @@ def test_batchnorm_train_eval_and_running_statistics():
     x = torch.randn(8, 32, 4, 4)
     y = ours.apply({"params": params, "batch_stats": stats}, nhwc(x), train=False)
     np.testing.assert_allclose(nchw(y), ref(x).detach().numpy(), atol=ATOL)
+
+
+def test_batchnorm_groups_are_separate_calls_in_order():
+    """`groups=2` (the discriminator's real and fake passes in one call) normalises each half
+    with its own statistics and moves the running statistics by the first half, then the
+    second, as torch's two calls do."""
+    torch.manual_seed(1)
+    ref = torch.nn.BatchNorm2d(16)
+    ours = BatchNorm()
+    stats = ours.init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 4, 16)), train=False)["batch_stats"]
+    params = {"scale": jnp.ones(16), "bias": jnp.zeros(16)}
+    nhwc = lambda t: jnp.asarray(t.numpy().transpose(0, 2, 3, 1))
+    real, fake = torch.randn(8, 16, 4, 4) * 2 + 1, torch.randn(8, 16, 4, 4) - 3
+    expected = np.concatenate([ref(real).detach().numpy(), ref(fake).detach().numpy()])
+    y, new = ours.apply({"params": params, "batch_stats": stats},
+                        nhwc(torch.cat([real, fake])), train=True, groups=2,
+                        mutable=["batch_stats"])
+    np.testing.assert_allclose(nchw(y), expected, atol=ATOL)
+    np.testing.assert_allclose(new["batch_stats"]["mean"], ref.running_mean.numpy(), atol=1e-6)
+    np.testing.assert_allclose(new["batch_stats"]["var"], ref.running_var.numpy(), rtol=1e-6)
+    assert int(new["batch_stats"]["count"]) == int(ref.num_batches_tracked) == 2

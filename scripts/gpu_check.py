@@ -36,7 +36,6 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from jax_dcgan.config import BENCH_VARIANTS  # noqa: E402 (imports no JAX)
 MODEL = ["--batch-size", "128"]
 SMOKE_STRETCH = 4
 SMOKE = ["--batch-size", "8", "--gen-features", "8", "--dis-features", "8", "--latent-dim", "8",
