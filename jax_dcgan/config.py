@@ -21,6 +21,15 @@ def _field(default: Any, help: str, **choices: Any) -> Any:
 
 
 CONV_IMPLS = ("auto", "matmul", "xla")
+INT64 = 2 ** 63  # integers are signed 64-bit, as NumPy and JAX hold them
+SEEDS = 2 ** 32  # JAX's random keys hold 32 bits of a seed (without its 64-bit mode)
+
+
+def check_seed(name: str, value: int) -> None:
+    """A seed JAX turns into a key of its own: a larger one would repeat a smaller one's run."""
+    if not 0 <= value < SEEDS:
+        raise UserError(f"--{flag(name)} must lie in [0, {SEEDS}) (JAX's random keys hold "
+                        f"32 bits of it), got {value}.")
 FID_MODES = ("clean", "legacy_tensorflow")  # see inception.py
 # The variants of `jax-dcgan bench` (bench.py), named here so that the command line's help
 # needs no JAX.
@@ -144,6 +153,11 @@ class Config:
             if choices and value not in choices:
                 raise UserError(
                     f"--{flag(f.name)} is {value!r}, which is not one of {', '.join(choices)}.")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserError(f"--{flag(f.name)} must be a finite number, got {value}.")
+            if isinstance(value, int) and not isinstance(value, bool) and not (
+                    -INT64 <= value < INT64):
+                raise UserError(f"--{flag(f.name)} {value} is beyond a 64-bit integer.")
         positive = ("image_size", "num_synthetic", "latent_dim", "gen_features",
                     "dis_features", "channels", "lr_g", "lr_d", "eps", "batch_size", "epochs",
                     "log_every", "keep_checkpoints", "eval_samples")
@@ -152,9 +166,10 @@ class Config:
                 raise UserError(f"--{flag(name)} must be positive, got {getattr(self, name)}.")
         for name in ("crop_size", "steps", "devices", "eval_every", "gen_slope", "dis_slope",
                      "ema_decay", "label_flip", "label_smoothing", "checkpoint_every",
-                     "checkpoint_minutes", "steps_per_dispatch"):
+                     "checkpoint_minutes", "steps_per_dispatch", "data_seed"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{flag(name)} must not be negative, got {getattr(self, name)}.")
+        check_seed("seed", self.seed)
         for name in ("beta1", "beta2", "ema_decay", "label_flip", "label_smoothing"):
             if not 0 <= getattr(self, name) < 1:
                 raise UserError(f"--{flag(name)} must lie in [0, 1), got {getattr(self, name)}.")

@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -204,11 +205,18 @@ def _open_cache(directory: str, manifest: dict) -> np.ndarray | None:
 def _build_cache(source: Source, manifest: dict, shape: tuple[int, int, int], directory: str,
                  workers: int | None, quiet: bool) -> None:
     items = source.open(quiet)
+    folder = os.path.dirname(directory)
     try:
-        os.makedirs(os.path.dirname(directory), exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=".building-", dir=os.path.dirname(directory))
+        os.makedirs(folder, exist_ok=True)
+        need, free = len(items.items) * math.prod(shape), shutil.disk_usage(folder).free
+        if need > free:
+            raise UserError(f"{manifest['dataset']}: {len(items.items)} images of "
+                            f"{'x'.join(map(str, shape))} need {need / 2**30:.3g} GiB in "
+                            f"{folder!r}, which has {free / 2**30:.3g} GiB free; give fewer or "
+                            "smaller images, or another --cache-dir.")
+        tmp = tempfile.mkdtemp(prefix=".building-", dir=folder)
     except OSError as e:
-        raise UserError(f"The dataset cache cannot be written in {os.path.dirname(directory)!r} "
+        raise UserError(f"The dataset cache cannot be written in {folder!r} "
                         f"({e.strerror}); give --cache-dir a writable directory.") from None
     try:
         kept, skipped = _decode(items, os.path.join(tmp, "images.npy"), shape,

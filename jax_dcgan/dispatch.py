@@ -24,8 +24,11 @@ from typing import Callable, Iterator
 import jax
 import jax.numpy as jnp
 
+from jax_dcgan.errors import UserError
+
 TARGET_SECONDS = 0.05
 MAX_STEPS = 256
+LAST_STEP = 2 ** 31 - 1  # the step counters (the state's, Adam's) are int32 on the device
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +48,12 @@ class Plan:
     total_steps: int
     checkpoint_every: int   # 0: no checkpoint steps
     steps_per_dispatch: int
+
+    def __post_init__(self):
+        if self.total_steps > LAST_STEP:
+            raise UserError(f"The run would take {self.total_steps} steps, and the step "
+                            f"counters (int32, as optax's) end at {LAST_STEP}; lower --epochs "
+                            "or --steps.")
 
     @property
     def _periods(self) -> tuple[int, ...]:

@@ -9,26 +9,20 @@ thread prepares them a few calls ahead.
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 
 import jax
 import numpy as np
 
-from jax_dcgan import data
+from jax_dcgan import data, runtime
 from jax_dcgan.dispatch import Dispatch, Plan
 from jax_dcgan.parallel import Layout
 
 
 def fits_on_device(nbytes: int, device) -> bool:
     """Whether a dataset this size can stay on `device` with room for training."""
-    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
-    if stats and "bytes_limit" in stats:
-        free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
-    else:  # host memory (CPU devices report none)
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return nbytes <= 0.3 * free
+    return nbytes <= 0.3 * runtime.device_free_bytes(device)
 
 
 class Batches:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import warnings
 import zipfile
 
 import jax
@@ -51,20 +50,21 @@ def to_unit(images: np.ndarray) -> np.ndarray:
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
                      sigma2: np.ndarray) -> float:
-    """|mu1 - mu2|^2 + tr(S1 + S2 - 2 sqrt(S1 S2)), in float64."""
-    import scipy.linalg
+    """|mu1 - mu2|^2 + tr(S1 + S2 - 2 sqrt(S1 S2)), in float64.
 
+    tr sqrt(S1 S2) is the sum of the square roots of the eigenvalues of S1 S2, which are
+    those of the symmetric sqrt(S1) S2 sqrt(S1): two symmetric eigendecompositions, about
+    7x faster than scipy's sqrtm of the product (which clean-fid and pytorch-fid take) and
+    equal to it to 1e-14 relative for full-rank covariances, 1e-7 for singular ones (fewer
+    images than features), where sqrtm itself is approximate."""
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
-    with warnings.catch_warnings():  # a singular product (fewer images than features) is
-        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)  # expected, handled below
-        covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-    if not np.all(np.isfinite(covmean)):  # singular product: regularise, as pytorch-fid does
-        offset = np.eye(len(sigma1)) * 1e-6
-        covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    covmean = np.real(covmean)
+    w, v = np.linalg.eigh(sigma1)
+    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    eigenvalues = np.linalg.eigvalsh(root1 @ sigma2 @ root1)
+    trace_covmean = np.sqrt(np.clip(eigenvalues, 0, None)).sum()
     diff = mu1 - mu2
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_covmean)
 
 
 def check_inception(kind: str = "jax") -> None:

@@ -117,6 +117,23 @@ def torch_layer_indices(cfg: ModelConfig) -> dict[str, dict[str, int]]:
     return indices
 
 
+def training_bytes(cfg: ModelConfig, batch_size: int) -> int:
+    """At least what a training step holds: the convolution weights with their gradients and
+    Adam's two moments, and every feature map of both networks kept for the backward pass,
+    the discriminator's for real and fake. Counted in Python integers from the widths before
+    any array exists, so that sizes no device holds are refused with a message, not by XLA."""
+    sizes = _sizes(cfg)                                                    # 4 ... 64
+    n = len(sizes)
+    gen = [cfg.gen_features * 2 ** (n - 2 - i) for i in range(n - 1)] + [cfg.channels]
+    dis = [cfg.channels] + [cfg.dis_features * 2 ** i for i in range(n - 1)]  # 64x64 ... 4x4
+    weights = 16 * (cfg.latent_dim * gen[0] + dis[-1] + sum(
+        a * b for widths in (gen, dis) for a, b in zip(widths, widths[1:])))
+    maps = (sum(s * s * w for s, w in zip(sizes, gen))
+            + 2 * sum(s * s * w for s, w in zip(sizes[::-1], dis)))
+    weight_bytes = 8 if cfg.dtype == "float64" else 4  # bfloat16 keeps float32 weights
+    return 4 * weight_bytes * weights + jnp.dtype(DTYPES[cfg.dtype]).itemsize * batch_size * maps
+
+
 def init_variables(cfg: ModelConfig, key: jax.Array) -> dict:
     """{'generator': {'params', 'batch_stats'}, 'discriminator': {...}} for `cfg`."""
     kg, kd = jax.random.split(key)

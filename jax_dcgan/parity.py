@@ -32,6 +32,7 @@ from jax_dcgan.step import (create_train_state, draw_step_randomness, jit_train_
 
 torch = import_torch()
 from torch_reference import DCGAN, make_optimizers, train_step  # noqa: E402
+from torch_reference.train import to_tensor as to_torch_images  # noqa: E402
 
 SEED_CFG = Config()  # the lecture's widths: 64/64, latent 100, 64x64x3
 SMALL_CFG = Config(gen_features=8, dis_features=8, latent_dim=16, image_size=32)
@@ -108,10 +109,10 @@ def images(cfg: Config, n: int, seed: int = 0) -> np.ndarray:
     return rng.integers(0, 256, (n, cfg.image_size, cfg.image_size, cfg.channels), np.uint8)
 
 
-def to_torch_images(batch: np.ndarray, dtype=None, device: str = "cpu"):
-    """ToTensor + Normalize(0.5, 0.5), as the lecture's pipeline computes it."""
-    x = torch.from_numpy(batch.transpose(0, 3, 1, 2).copy()).to(device, dtype or torch.float32)
-    return x.div(255).sub(0.5).div(0.5)
+def torch_noise(noise, dtype=None, device: str = "cpu"):
+    """JAX's (N, latent) noise as the reference's (N, latent, 1, 1)."""
+    return torch.tensor(np.asarray(noise), dtype=dtype or torch.float32,
+                        device=device)[:, :, None, None]
 
 
 def nchw(x) -> np.ndarray:
@@ -165,8 +166,8 @@ def run_both(cfg: Config, steps: int, batch: int, dtype=None, seed: int = 0,
         rand = draw_step_randomness(step_key(state), cfg, batch)
         logs.append(train_step(
             model, opt_g, opt_d, to_torch_images(data, dtype, device),
-            tensor(rand["noise"])[:, :, None, None],
-            gen_noise=tensor(rand["gen_noise"])[:, :, None, None] if cfg.fresh_noise else None,
+            torch_noise(rand["noise"], dtype, device),
+            gen_noise=torch_noise(rand["gen_noise"], dtype, device) if cfg.fresh_noise else None,
             dis_targets=None if own_labels else (tensor(rand["real_target"]),
                                                  tensor(rand["fake_target"]))))
         state, m = step(state, jnp.asarray(data)[None])

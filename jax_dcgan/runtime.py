@@ -19,6 +19,7 @@ CPU: the bench's compile column, docs/BENCHMARKS.md).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 from typing import Iterator
@@ -114,6 +115,26 @@ def enable_compilation_cache(cache_root: str) -> None:
 
 
 @contextlib.contextmanager
+def no_persistent_cache() -> Iterator[None]:
+    """Compile without JAX's persistent cache, for programs of devices this machine lacks:
+    JAX would store them, then fail to load them back (a warning, and a compile again).
+    JAX decides once per process whether to use the cache, so that decision is reset on
+    the way in and on the way out; the setting is the process's, so no other thread
+    should be compiling meanwhile."""
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    previous = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    compilation_cache.reset_cache()
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_compilation_cache", previous)
+        compilation_cache.reset_cache()
+
+
+@contextlib.contextmanager
 def float64_mode(dtype: str) -> Iterator[None]:
     """JAX's 64-bit mode for a --dtype float64 run, and only for it: without it JAX
     computes in float32 whatever the arrays were asked to be."""
@@ -131,6 +152,42 @@ def float64_mode(dtype: str) -> Iterator[None]:
         yield
     finally:
         jax.config.update("jax_enable_x64", previous)
+
+
+def available_host_bytes() -> float:
+    """Host memory available now without swapping: the kernel's MemAvailable (free pages and
+    the page cache it can drop) where /proc has it, else the free pages alone, else (macOS)
+    unknown, as inf: what needs it is then not refused."""
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return math.inf
+
+
+def device_free_bytes(device) -> float:
+    """Memory free on `device`: its allocator's limit less what is in use, or the host's for
+    devices that report none (CPUs)."""
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and "bytes_limit" in stats:
+        return stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+    return available_host_bytes()
+
+
+def check_images_fit(num: int, image_size: int, channels: int) -> None:
+    """A UserError when `num` float32 images would not fit in the host's free memory (they
+    are gathered there to be written), before any is generated."""
+    need = num * image_size * image_size * channels * 4
+    free = available_host_bytes()
+    if need > free:
+        raise UserError(f"--num {num}: {num} images of {image_size}x{image_size}x{channels} "
+                        f"need {need / 2**30:.3g} GiB, and this machine has {free / 2**30:.3g} "
+                        f"GiB free; ask for fewer.")
 
 
 def host_usage() -> dict[str, float]:

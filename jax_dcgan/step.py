@@ -28,7 +28,7 @@ from jax import lax
 
 from jax_dcgan.config import Config
 from jax_dcgan.errors import UserError
-from jax_dcgan.models import DTYPES, Discriminator, Generator, init_variables
+from jax_dcgan.models import DTYPES, Discriminator, Generator, init_variables, training_bytes
 
 AXIS = "devices"  # the pmap axis of data parallelism
 METRICS = ("g_loss", "d_loss", "acc_real", "acc_fake")
@@ -50,6 +50,19 @@ def optimizers(cfg: Config) -> tuple[optax.GradientTransformation, optax.Gradien
     def adam(lr):
         return optax.adam(lr, b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps)
     return adam(cfg.lr_g), adam(cfg.lr_d)
+
+
+def check_fits(cfg: Config, free_bytes: float, devices: int = 1) -> None:
+    """A UserError when the networks, their optimizer state and a device's share of a batch
+    cannot fit in `free_bytes` of one device: before anything is built, naming the flags."""
+    need = training_bytes(cfg.model, -(-cfg.batch_size // devices))
+    if need > free_bytes:
+        raise UserError(
+            f"This model and batch need at least {need / 2**30:.3g} GiB on a device "
+            f"(--image-size {cfg.image_size}, --latent-dim {cfg.latent_dim}, --gen-features "
+            f"{cfg.gen_features}, --dis-features {cfg.dis_features}, --channels "
+            f"{cfg.channels}, --batch-size {cfg.batch_size}), and it has "
+            f"{free_bytes / 2**30:.3g} GiB free; lower some of them.")
 
 
 def create_train_state(cfg: Config, variables: dict | None = None, seed: int | None = None

@@ -29,7 +29,7 @@ from jax_dcgan.feeding import Batches, Feed, fits_on_device
 from jax_dcgan.layers import resolve_conv_impl
 from jax_dcgan.parallel import Layout, select_devices
 from jax_dcgan.sample import GRID_IMAGES, draw_noise, grid_pass, sampling_generator
-from jax_dcgan.step import METRICS, TrainState, create_train_state, metrics_dict
+from jax_dcgan.step import METRICS, TrainState, check_fits, create_train_state, metrics_dict
 from jax_dcgan.writers import Writers, open_writers
 
 MAX_ROLLBACKS = 3
@@ -46,6 +46,7 @@ def train(cfg: Config, out: str, resume: bool = False, quiet: bool = False) -> T
 
 def _train(cfg: Config, out: str, resume: bool, quiet: bool) -> TrainState:
     layout = Layout(select_devices(cfg))
+    check_fits(cfg, runtime.device_free_bytes(layout.devices[0]), layout.device_count)
     primary = distributed.is_primary()
     quiet = quiet or not primary
     # The first process checks and prepares the directory (before decoding any data).

@@ -15,10 +15,15 @@ ATOL = 2e-5  # float32 sums of a few hundred O(1) products round at ~1e-6 (measu
 
 
 def assert_pass(rows: list[parity.Row]) -> None:
+    """Every row compared and within its tolerance. A SKIP row compared nothing, so it fails
+    (a test where a skip is right removes that row first, saying why)."""
     assert rows, "no comparison ran"
     failed = [f"{r.check}: {r.measured:.3e} > {r.tolerance:.1e}" for r in rows
               if r.status == "FAIL"]
     assert not failed, failed
+    skipped = [f"{r.check}: {r.why}" for r in rows if r.status == "SKIP"]
+    assert not skipped, f"rows that compared nothing: {skipped}"
+    assert any(r.status == "PASS" for r in rows), "no row passed a comparison"
 
 
 @pytest.mark.parametrize("impl", CONV_IMPLS)

@@ -47,12 +47,22 @@ def _run(*args: str) -> str:
 
 
 def run_one(kind: str, flags: list[str], seed: int, a: argparse.Namespace) -> dict:
+    """One run's scores (trained and evaluated once, then kept in its eval.json) and its loss
+    summary (read from its metrics.jsonl each time)."""
     name = "-".join([kind, *[f.strip("-") for f in flags], f"seed{seed}"])
     out = os.path.join(a.runs, name)
     result_path = os.path.join(out, "eval.json")
-    if os.path.exists(result_path):
-        with open(result_path) as f:
-            return json.load(f)
+    if not os.path.exists(result_path):
+        scores = train_and_evaluate(kind, flags, seed, out, a)
+        with open(result_path, "w") as f:
+            json.dump(scores, f)
+    with open(result_path) as f:
+        scores = json.load(f)
+    return {**scores, **loss_summary(out, a.epochs), "kind": kind, "flags": flags, "seed": seed}
+
+
+def train_and_evaluate(kind: str, flags: list[str], seed: int, out: str,
+                       a: argparse.Namespace) -> dict:
     base = ["--preset", "demo", "--epochs", str(a.epochs), "--cache-dir", a.cache]
     jax_dcgan = [sys.executable, "-m", "jax_dcgan.cli"]
     if kind == "jax":
@@ -70,22 +80,27 @@ def run_one(kind: str, flags: list[str], seed: int, a: argparse.Namespace) -> di
         if not os.path.exists(checkpoint):
             _run(*jax_dcgan, "convert", "--from-torch", os.path.join(out, "model.pt"),
                  "--out", checkpoint, "--preset", "demo")
-    result = json.loads(_run(*jax_dcgan, "eval", "--checkpoint", checkpoint, "--num",
-                             str(a.samples), "--json", "--num-synthetic", "8192",
-                             "--cache-dir", a.cache, "--inception", "torch"))
+    return json.loads(_run(*jax_dcgan, "eval", "--checkpoint", checkpoint, "--num",
+                           str(a.samples), "--json", "--num-synthetic", "8192",
+                           "--cache-dir", a.cache, "--inception", "torch"))
+
+
+def loss_summary(out: str, epochs: int) -> dict:
+    """The losses of a run's last epoch, selected by the epoch each step record carries (both
+    trainers log the same fields: parity_tests/test_loop.py), and its collapse flags."""
     with open(os.path.join(out, "metrics.jsonl")) as f:
         records = [json.loads(line) for line in f]
     steps = [r for r in records if "g_loss" in r]
     events = [r for r in records if "collapsed" in r]  # the per-epoch diversity records
-    result.update(
-        kind=kind, flags=flags, seed=seed, steps=len(steps),
-        g_loss_last_epoch=float(np.mean([r["g_loss"] for r in steps[-128:]])),
-        d_loss_last_epoch=float(np.mean([r["d_loss"] for r in steps[-128:]])),
-        collapse_flagged=[r["epoch"] for r in events if r["collapsed"]],
-        losses={k: [r[k] for r in steps] for k in ("g_loss", "d_loss")})
-    with open(result_path, "w") as f:
-        json.dump(result, f)
-    return result
+    last_epoch = [r for r in steps if r["epoch"] == epochs]
+    if not last_epoch:
+        raise SystemExit(f"{out}: no steps of epoch {epochs} in metrics.jsonl; was the run "
+                         f"made with --epochs {epochs}?")
+    return {"steps": len(steps),
+            "g_loss_last_epoch": float(np.mean([r["g_loss"] for r in last_epoch])),
+            "d_loss_last_epoch": float(np.mean([r["d_loss"] for r in last_epoch])),
+            "collapse_flagged": [r["epoch"] for r in events if r["collapsed"]],
+            "losses": {k: [r[k] for r in steps] for k in ("g_loss", "d_loss")}}
 
 
 def report(name: str, results: dict[str, list[dict]]) -> dict:

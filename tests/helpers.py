@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -45,6 +47,23 @@ def cli(*args, env: dict | None = None, check: bool = True, timeout: float = 600
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+def cli_here(*args, check: bool = True) -> subprocess.CompletedProcess:
+    """`jax-dcgan ARGS` in this process, output captured: for commands whose compiled
+    programs (FID's network above all) later calls reuse rather than compile again."""
+    from jax_dcgan.cli import main
+
+    argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as e:  # argparse's usage errors
+            code = e.code
+    if check:
+        assert code == 0, err.getvalue()[-3000:]
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 def step_records(out) -> list[dict]:

@@ -8,7 +8,7 @@ import pytest
 from jax_dcgan import bench, runtime
 from jax_dcgan.config import BENCH_VARIANTS
 
-from .helpers import cli
+from .helpers import cli, cli_here
 
 TINY_FLAGS = ["--batch-size", "8", "--gen-features", "8", "--dis-features", "8", "--latent-dim",
               "8", "--image-size", "16", "--steps", "2", "--repeats", "2"]
@@ -19,7 +19,7 @@ def result(tmp_path_factory):
     hlo = tmp_path_factory.mktemp("hlo")
     out = cli("bench", "--json", *TINY_FLAGS, "--hlo-dir", hlo, "--variants", "torch",
               "jax-jit-matmul", "jax-jit-xla", "jax-pmap", "jax-fused-matmul", "jax-fused-xla",
-              "jax-train-loop").stdout
+              "jax-train-loop").stdout  # a process of its own, as users start it: huge pages
     return json.loads(out), hlo
 
 
@@ -82,14 +82,14 @@ def test_bench_reports_flops_and_library_calls(result):
 
 
 def test_bench_table_and_bfloat16():
-    out = cli("bench", *TINY_FLAGS, "--dtype", "bfloat16", "--variants", "torch",
-              "jax-jit-matmul").stdout
+    out = cli_here("bench", *TINY_FLAGS, "--dtype", "bfloat16", "--variants", "torch",
+                   "jax-jit-matmul").stdout
     assert "bfloat16" in out and "jax-jit-matmul" in out and "vs torch" in out
     assert "GFLOP per step" in out
 
 
 def test_bench_layers_times_both_backends():
-    result = json.loads(cli("bench", "--layers", "--json", *TINY_FLAGS).stdout)
+    result = json.loads(cli_here("bench", "--layers", "--json", *TINY_FLAGS).stdout)
     layers = [r["layer"] for r in result["layers"]]
     assert layers == ["generator.project", "generator.deconv_8x8", "generator.to_rgb",
                       "discriminator.from_rgb", "discriminator.conv_4x4", "discriminator.logit"]

@@ -290,3 +290,7 @@ def test_records_in_tfrecord_format_fall_back_to_the_original_files(originals, t
     _tfds_prepared(tmp_path / "tfds", "tfrecord")
     _use_network(monkeypatch, FakeDrive(originals))
     assert _prepare(tmp_path / "tfds", tmp_path / "cache") == 0
+    (cache,) = [d for d in os.listdir(tmp_path / "cache") if d.startswith("celeb_a-")]
+    assert '"original-files"' in (tmp_path / "cache" / cache / "manifest.json").read_text()
+    images = np.load(tmp_path / "cache" / cache / "images.npy", mmap_mode="r")
+    assert images.shape == (8, 16, 16, 3) and images.max() > images.min()  # the train split

@@ -9,11 +9,11 @@ import torch
 
 from torch_reference import DCGAN
 
-from .helpers import TINY, cli, tiny_flags
+from .helpers import TINY, cli_here, tiny_flags
 
 
 def _fails(*args, match: str, code: int = 2):
-    result = cli(*args, check=False)
+    result = cli_here(*args, check=False)
     assert result.returncode == code, (result.returncode, result.stderr)
     assert "Traceback" not in result.stderr
     assert match.lower() in result.stderr.lower(), result.stderr
@@ -23,7 +23,7 @@ def _fails(*args, match: str, code: int = 2):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("run")
-    cli("train", "--out", tmp / "run", "--quiet", *tiny_flags(tmp / "c", epochs=1))
+    cli_here("train", "--out", tmp / "run", "--quiet", *tiny_flags(tmp / "c", epochs=1))
     return tmp / "run"
 
 
@@ -88,15 +88,24 @@ def test_sample_noise_of_the_wrong_shape(run_dir, tmp_path):
 
 
 def test_sample_accepts_torch_shaped_noise(run_dir, tmp_path):
-    np.save(tmp_path / "z.npy", np.zeros((4, TINY.latent_dim, 1, 1), np.float32))
-    cli("sample", "--checkpoint", run_dir, "--noise", tmp_path / "z.npy", "--out",
-        tmp_path / "g.png")
+    """PyTorch's (N, latent, 1, 1) noise gives the same images as the same (N, latent)."""
+    z = np.random.default_rng(0).standard_normal((4, TINY.latent_dim)).astype(np.float32)
+    np.save(tmp_path / "z4.npy", z[:, :, None, None])
+    np.save(tmp_path / "z2.npy", z)
+    for name in ("z4", "z2"):
+        cli_here("sample", "--checkpoint", run_dir, "--noise", tmp_path / f"{name}.npy",
+                 "--out", tmp_path / f"{name}.png",
+                 "--save-array", tmp_path / f"{name}-images.npy")
+    images = np.load(tmp_path / "z4-images.npy")
+    assert images.shape == (4, TINY.image_size, TINY.image_size, 3) and images.std() > 0
+    np.testing.assert_array_equal(images, np.load(tmp_path / "z2-images.npy"))
 
 
 def test_unknown_preset_and_bad_flags(tmp_path):
-    result = cli("train", "--out", tmp_path / "r", "--preset", "nope", check=False)
+    result = cli_here("train", "--out", tmp_path / "r", "--preset", "nope", check=False)
     assert result.returncode == 2 and "invalid choice" in result.stderr
-    _fails("train", "--out", tmp_path / "r", "--batch-size", "0", match="--batch-size must be positive")
+    _fails("train", "--out", tmp_path / "r", "--batch-size", "0",
+           match="--batch-size must be positive")
     _fails("train", "--out", tmp_path / "r", "--lr-g", "-1", match="--lr-g must be positive")
     _fails("train", "--out", tmp_path / "r", "--batch-size", "6", "--devices", "4",
            match="does not split evenly over 4 devices")
@@ -110,13 +119,12 @@ def test_out_that_is_a_file(tmp_path):
 
 def test_config_file_then_flags(tmp_path):
     """A run's config.json as --config, with a flag overriding one field."""
-    cli("train", "--out", tmp_path / "a", "--quiet", *tiny_flags(tmp_path / "c", epochs=1))
-    cli("train", "--out", tmp_path / "b", "--quiet", "--config", tmp_path / "a" / "config.json",
-        "--seed", "7")
+    cli_here("train", "--out", tmp_path / "a", "--quiet", *tiny_flags(tmp_path / "c", epochs=1))
+    cli_here("train", "--out", tmp_path / "b", "--quiet",
+             "--config", tmp_path / "a" / "config.json", "--seed", "7")
     a = json.loads((tmp_path / "a" / "config.json").read_text())
     b = json.loads((tmp_path / "b" / "config.json").read_text())
     assert b == {**a, "seed": 7}
-    (tmp_path / "small.yaml").write_text("image_size: 16\nlatent_dim: 8\nlr_g: 1\n")
     (tmp_path / "bad.yaml").write_text("image_size: 16\nlearning_rate: 0.1\n")
     _fails("train", "--out", tmp_path / "r", "--config", tmp_path / "bad.yaml",
            match="'learning_rate', which is not a field")
@@ -142,7 +150,7 @@ def test_config_file_values_are_typed(tmp_path):
 def test_version():
     from jax_dcgan import __version__
 
-    assert cli("--version").stdout.strip() == f"jax-dcgan {__version__}"
+    assert cli_here("--version").stdout.strip() == f"jax-dcgan {__version__}"
 
 
 @pytest.mark.parametrize("argv,reexecs", [
@@ -154,6 +162,7 @@ def test_only_heavy_commands_restart_with_huge_pages(monkeypatch, argv, reexecs)
 
     calls = []
     monkeypatch.setattr(cli_module.runtime, "reexec_with_huge_pages", lambda: calls.append(1))
+    monkeypatch.setattr(cli_module, "_quiet_libraries", lambda: None)  # this process's logging
     monkeypatch.setattr(sys, "argv", ["jax-dcgan", *argv])
     assert cli_module.main() == 2  # each fails on its bad input
     assert bool(calls) == reexecs

@@ -20,7 +20,7 @@ from jax_dcgan import checkpoint, distributed
 from jax_dcgan.distributed import PeerWatch
 from jax_dcgan.errors import Interrupted, ProcessLost
 
-from .helpers import ROOT, assert_identical, cli, tiny_flags
+from .helpers import ROOT, assert_identical, cli_here, tiny_flags
 from .helpers import final_state as saved_arrays
 
 TIMEOUT = 300  # seconds per launch; a hung coordinator must not hang the suite
@@ -76,8 +76,8 @@ def assert_close(a, b, what: str) -> None:
 @pytest.fixture(scope="module")
 def single_process(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("single")
-    cli("train", "--out", tmp / "run", "--quiet", *tiny_flags(tmp / "cache", steps=STEPS),
-        env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}, timeout=TIMEOUT)
+    cli_here("train", "--out", tmp / "run", "--quiet",
+             *tiny_flags(tmp / "cache", steps=STEPS))  # the session's 4 CPU devices
     return tmp / "run"
 
 
@@ -87,23 +87,20 @@ def steps_in(run) -> list[int]:
 
 
 def test_two_processes_train_like_one_with_all_devices(single_process, tmp_path):
+    """Each process times a step and process 0's choice of steps per call is used by both
+    (calls of different sizes would pair the processes' collectives wrongly and hang or
+    fail). The single process dispatches 3 steps per call; whatever the two chose, the
+    float32 states agree within `assert_close`. Resuming both processes from a checkpoint
+    is checked bit for bit by the lost-process tests below."""
     run = tmp_path / "run"
-    launch_two(run, tmp_path / "cache", STEPS)
+    launch_two(run, tmp_path / "cache", STEPS, "--steps-per-dispatch", "0")
+    (start,) = json.loads((run / "run.json").read_text())["starts"]
+    assert start["step_ms"] > 0 and 1 <= start["steps_per_dispatch"] <= 4
     assert_close(final_state(run), final_state(single_process), "2x2 vs 1x4 devices")
     # Process 0 alone writes the run's files, once per step.
     assert steps_in(run) == steps_in(single_process) == list(range(1, STEPS + 1))
     assert (run / "model.pt").exists() and (run / "losses.png").exists()
     assert sorted(os.listdir(run / "samples")) == ["epoch_001.png"]
-
-
-def test_two_processes_resume_from_their_checkpoint(single_process, tmp_path):
-    run = tmp_path / "run"
-    launch_two(run, tmp_path / "cache", STEPS // 2)
-    assert checkpoint.Checkpoints(str(run / "checkpoints"), read_only=True).latest_step() \
-        == STEPS // 2
-    launch_two(run, tmp_path / "cache", STEPS, "--resume")
-    assert_close(final_state(run), final_state(single_process), "resumed 2x2 vs 1x4 devices")
-    assert steps_in(run) == list(range(1, STEPS + 1))
 
 
 def test_a_signal_to_one_process_stops_both_after_a_checkpoint(tmp_path):
@@ -129,24 +126,18 @@ def steps_in_log(run) -> list[int]:
 
 
 def test_incomplete_process_flags_are_refused(tmp_path):
-    result = cli("train", "--out", tmp_path / "run", *tiny_flags(tmp_path / "cache"),
-                 "--num-processes", "2", check=False)
+    result = cli_here("train", "--out", tmp_path / "run", *tiny_flags(tmp_path / "cache"),
+                      "--num-processes", "2", check=False)
     assert result.returncode == 2 and "--coordinator-address" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
 
 
-def test_two_processes_agree_on_the_measured_steps_per_dispatch(tmp_path):
-    """Each process times a step; process 0's choice is used by both (calls of different sizes
-    would pair the processes' collectives wrongly and hang or fail)."""
-    run = tmp_path / "run"
-    launch_two(run, tmp_path / "cache", STEPS, "--steps-per-dispatch", "0")
-    (start,) = json.loads((run / "run.json").read_text())["starts"]
-    assert start["step_ms"] > 0 and 1 <= start["steps_per_dispatch"] <= 4
-    assert steps_in(run) == list(range(1, STEPS + 1))
-
-
 # A lost process: SIGKILL one of the two (a node failure, a preemption without notice).
-LOST_STEPS, LOST_CHECKPOINT_EVERY = 24, 8  # three epochs; checkpoints at steps 8, 16, 24
+LOST_STEPS, LOST_CHECKPOINT_EVERY = 32, 16  # four epochs; checkpoints at steps 16 and 32
+# A short heartbeat timeout, so that a loss is seen in seconds; the bound on how long the
+# survivor takes to end is derived from it: 4 x 8 s, against 8.1 s measured for a lost
+# process 1 (under -n 2) and 0.2 s for process 0, whose loss JAX's runtime reports at once.
+HEARTBEAT_S = 8
 
 
 @pytest.fixture(scope="module")
@@ -157,17 +148,18 @@ def uninterrupted_two_processes(tmp_path_factory):
 
 
 @pytest.mark.parametrize("victim, kill_at", [
-    (1, 11),  # after the checkpoint of step 8: process 0 survives and explains
-    (0, 2),  # before any checkpoint: process 0 hosts JAX's coordination service
+    (1, 19),  # after the checkpoint of step 16: process 0 survives and explains
+    (0, 2),  # 14 steps before the first checkpoint: process 0 hosts JAX's coordination service
 ], ids=["process-1-after-a-checkpoint", "process-0-before-any-checkpoint"])
 def test_a_lost_process_ends_the_other_and_both_resume_exactly(
         uninterrupted_two_processes, tmp_path, victim, kill_at):
     """SIGKILL once metrics.jsonl shows `kill_at` steps (and, after a checkpoint, once it is
-    on disk). The survivor exits non-zero within 30 s of the loss (the default heartbeat
-    timeout is 20 s); when it is process 0, it names the lost process and the checkpoint
-    on disk. `--resume` on both then ends in the uninterrupted run's state, bit for bit."""
+    on disk). The survivor exits non-zero within 4 heartbeat timeouts of the loss; when it
+    is process 0, it names the lost process and the checkpoint on disk. `--resume` on both
+    then ends in the uninterrupted run's state, bit for bit."""
     run, cache = tmp_path / "run", tmp_path / "cache"
-    procs = start_two(run, cache, LOST_STEPS, checkpoint_every=LOST_CHECKPOINT_EVERY)
+    procs = start_two(run, cache, LOST_STEPS, "--heartbeat-timeout", str(HEARTBEAT_S),
+                      checkpoint_every=LOST_CHECKPOINT_EVERY)
     survivor = procs[1 - victim]
     try:
         deadline = time.monotonic() + TIMEOUT
@@ -184,7 +176,8 @@ def test_a_lost_process_ends_the_other_and_both_resume_exactly(
         for p in procs:
             p.kill()
     on_disk = sorted(int(n) for n in os.listdir(run / "checkpoints") if n.isdigit())
-    assert survivor.returncode != 0 and took < 30, (survivor.returncode, took, error[-2000:])
+    assert survivor.returncode != 0 and took < 4 * HEARTBEAT_S, (survivor.returncode, took,
+                                                                 error[-2000:])
     assert "Traceback" not in error
     if victim == 1:
         assert survivor.returncode == ProcessLost.exit_code
@@ -271,14 +264,17 @@ def test_an_error_waits_for_a_fresh_beat_not_a_stale_one(cluster):
     assert client.values[PeerWatch.PREFIX + "1"] == PeerWatch.FAILED + "a collective failed"
 
 
-def test_an_error_with_live_peers_is_reported_as_it_is(cluster):
+def test_an_error_with_live_peers_is_reported_as_it_is(cluster, monkeypatch):
+    """A peer that beats on after the error is alive: the error is reported as it is, as
+    soon as the fresh beat is read (measured 2 s), not after the 60 s timeout."""
     client, exits = cluster
+    monkeypatch.setattr(distributed, "_cluster", (client, 1, 2, 60.0))
     beat(client, 0, "1")
     threading.Timer(0.2, beat, (client, 0, "2")).start()
     started = time.monotonic()
     with pytest.raises(ValueError), distributed.watching_peers(lambda n: ""):
         raise ValueError("disk full")
-    assert time.monotonic() - started < 0.5 and exits == []
+    assert time.monotonic() - started < 20 and exits == []
 
 
 def test_a_coordinated_stop_is_posted_as_stopped_and_a_run_as_done(cluster):

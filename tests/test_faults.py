@@ -20,7 +20,7 @@ from jax_dcgan.errors import Diverged, UserError
 from jax_dcgan.step import METRICS
 from jax_dcgan.train import train
 
-from .helpers import (ROOT, TINY, assert_identical, cli, final_state, records, step_records,
+from .helpers import (ROOT, TINY, assert_identical, cli_here, final_state, records, step_records,
                       tiny_flags)
 
 
@@ -33,29 +33,38 @@ def _start(out, flags, *extra):
 def _wait_for_steps(out, process, steps=1, timeout=300):
     deadline = time.time() + timeout
     while True:
-        if len(records(out)) >= steps:
+        if len(step_records(out)) >= steps:
             return
-        assert process.poll() is None and time.time() < deadline, "training did not start"
+        assert process.poll() is None and time.time() < deadline, f"no record of step {steps}"
         time.sleep(0.05)
 
 
 def test_repeated_sigkill_at_random_steps_then_resume_is_bit_identical(tmp_path):
-    flags = tiny_flags(tmp_path / "c", epochs=8, checkpoint_every=3)
-    cli("train", "--out", tmp_path / "whole", "--quiet", *flags)
+    """Three SIGKILLs, each once the run's records reach a random step (drawn further on each
+    time, near step 72 of 160 at most), then --resume to the end. Each kill lands with about
+    88 or more tiny steps still to run (half a second or more here) against the ~0.05 s it
+    takes to see the records and kill, so each process really is killed mid-run."""
+    flags = tiny_flags(tmp_path / "c", epochs=20, checkpoint_every=3)
+    cli_here("train", "--out", tmp_path / "whole", "--quiet", *flags)
     rng = random.Random(0)
+    reached = 0
     for _ in range(3):
+        target = rng.randint(reached + 1, reached + 24)
         process = _start(tmp_path / "killed", flags, "--resume")
-        _wait_for_steps(tmp_path / "killed", process)
-        time.sleep(rng.uniform(0.0, 1.5))
+        _wait_for_steps(tmp_path / "killed", process, steps=target)
         process.send_signal(signal.SIGKILL)
         process.communicate()
+        assert process.returncode == -signal.SIGKILL  # killed, not finished
+        reached = step_records(tmp_path / "killed")[-1]["step"]
+        assert reached < 160
         latest = checkpoint.Checkpoints(str(tmp_path / "killed" / "checkpoints")).latest_step()
         if latest is not None:
             checkpoint.load(str(tmp_path / "killed"))  # the last complete checkpoint loads
-    cli("train", "--out", tmp_path / "killed", "--quiet", "--resume", *flags)
+    cli_here("train", "--out", tmp_path / "killed", "--quiet", "--resume", *flags)
     assert_identical(final_state(tmp_path / "whole"), final_state(tmp_path / "killed"))
     steps = [r["step"] for r in step_records(tmp_path / "killed")]
     assert steps == [r["step"] for r in step_records(tmp_path / "whole")]  # none missing or doubled
+    assert steps == list(range(1, 161))
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
@@ -219,7 +228,7 @@ def test_image_loader_survives_random_and_mutated_bytes(tmp_path):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("finished")
-    cli("train", "--out", tmp / "run", "--quiet", *tiny_flags(tmp / "c", epochs=1))
+    cli_here("train", "--out", tmp / "run", "--quiet", *tiny_flags(tmp / "c", epochs=1))
     return tmp
 
 
@@ -227,9 +236,9 @@ def test_output_dir_of_another_run_is_not_mixed(finished_run):
     run = finished_run / "run"
     before = (run / "metrics.jsonl").read_text()
     flags = tiny_flags(finished_run / "c", epochs=1)
-    result = cli("train", "--out", run, "--quiet", *flags, check=False)
+    result = cli_here("train", "--out", run, "--quiet", *flags, check=False)
     assert result.returncode == 2 and "already holds a training run" in result.stderr
-    result = cli("train", "--out", run, "--quiet", "--resume", *tiny_flags(
+    result = cli_here("train", "--out", run, "--quiet", "--resume", *tiny_flags(
         finished_run / "c", epochs=1, gen_features=16), check=False)
     assert result.returncode == 2 and "--gen-features 8, not 16" in result.stderr
     assert "Traceback" not in result.stderr and (run / "metrics.jsonl").read_text() == before
@@ -244,13 +253,15 @@ def test_damaged_partial_and_mismatched_checkpoints(finished_run, tmp_path):
     for f in (damaged / step_dir.name / "state").rglob("*"):
         if f.is_file() and "ocdbt" in str(f.parent.name) or f.name.startswith("manifest"):
             f.write_bytes(b"garbage")
-    result = cli("sample", "--checkpoint", damaged, "--out", tmp_path / "g.png", check=False)
+    result = cli_here("sample", "--checkpoint", damaged, "--out", tmp_path / "g.png",
+                      check=False)
     assert result.returncode == 2 and "could not be read" in result.stderr
     assert "Traceback" not in result.stderr
 
     partial = tmp_path / "partial" / "checkpoints"
     shutil.copytree(step_dir, partial / f"{step_dir.name}.orbax-checkpoint-tmp-1")
-    result = cli("sample", "--checkpoint", partial, "--out", tmp_path / "g.png", check=False)
+    result = cli_here("sample", "--checkpoint", partial, "--out", tmp_path / "g.png",
+                      check=False)
     assert result.returncode == 2 and "no complete checkpoint" in result.stderr
 
     other = tmp_path / "other" / "checkpoints"
@@ -258,5 +269,6 @@ def test_damaged_partial_and_mismatched_checkpoints(finished_run, tmp_path):
     config = other / step_dir.name / "config" / "metadata"
     stored = json.loads(config.read_text())
     config.write_text(json.dumps({**stored, "dis_features": 16}))
-    result = cli("sample", "--checkpoint", other, "--out", tmp_path / "g.png", check=False)
+    result = cli_here("sample", "--checkpoint", other, "--out", tmp_path / "g.png",
+                      check=False)
     assert result.returncode == 2 and "stored with shape" in result.stderr, result.stderr

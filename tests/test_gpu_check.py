@@ -25,14 +25,12 @@ def test_cpu_smoke_runs_every_phase_without_tfds_or_tensorboardx(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     compiled = json.loads((out / "compile.json").read_text())
-    assert [v["label"] for v in compiled["variants"]] == [
-        f"h200-1dev-{dtype}-{impl}" for dtype in ("float32", "bfloat16")
-        for impl in ("xla", "matmul")]
+    assert [v["label"] for v in compiled["variants"]] == ["h200-1dev-float32-matmul"]
     for v in compiled["variants"]:
         m = v["measured"]
         assert m["repeats"] == 2 and m["step_ms_median"] > 0 and not m["comparable"]
         assert m["predicted_ms"] == pytest.approx(1e3 * v["model"]["step_s"])
-    for dtype, count in (("float32", 6), ("bfloat16", 5)):  # bf16 leaves out torch-compiled
+    for dtype, count in (("float32", 3), ("bfloat16", 2)):  # the smoke run's variants
         bench = json.loads((out / f"bench_{dtype}.json").read_text())
         assert len(bench["variants"]) == count and bench["config"]["dtype"] == dtype
         assert all(v["error"] is None and v["repeats"] == 2 for v in bench["variants"])
@@ -50,6 +48,6 @@ def test_cpu_smoke_runs_every_phase_without_tfds_or_tensorboardx(tmp_path):
         np.median(fid["rows"][1]["times"]) / np.median(fid["rows"][0]["times"]))
     summary = (out / "summary.md").read_text()
     assert "| torch-compiled |" in summary and "| generator.deconv_8x8 |" in summary
-    assert "| h200-1dev-bfloat16-matmul |" in summary
+    assert "| h200-1dev-float32-matmul |" in summary
     assert "FID mode clean, 4 images per repeat" in summary
     assert "not measured" not in summary

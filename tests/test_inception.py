@@ -13,7 +13,7 @@ import pytest
 from jax_dcgan import data, inception, metrics
 from jax_dcgan.config import Config
 
-from .helpers import ROOT, cli
+from .helpers import ROOT, cli_here
 
 torch = pytest.importorskip("torch")
 
@@ -67,8 +67,8 @@ def test_legacy_tensorflow_resize_equals_nvidias_code(size):
 def clean_fid():
     """clean-fid's fid module. It imports torchvision for ToTensor alone (in the code used
     here) and pytorch-fid's network, which clean-fid's clean and legacy_tensorflow modes
-    do not use; torchvision does not install beside this CPU torch, so both get stand-ins
-    (ToTensor as torchvision defines it: HWC -> CHW, uint8 scaled to [0, 1])."""
+    do not use; PyPI's torchvision does not import beside this CPU torch, so both get
+    stand-ins (ToTensor as torchvision defines it: HWC -> CHW, uint8 scaled to [0, 1])."""
     def to_tensor(picture):
         t = torch.from_numpy(np.ascontiguousarray(picture.transpose(2, 0, 1)))
         return t.float().div(255) if t.dtype == torch.uint8 else t
@@ -124,9 +124,9 @@ def test_eval_equals_clean_fids_compute_fid(clean_fid, folders, mode):
     theirs = fid.compute_fid(str(folders / "fake"), str(folders / "real"), mode=mode,
                              custom_feat_extractor=extractor, num_workers=0, batch_size=16,
                              device=torch.device("cpu"), verbose=False)
-    ours = json.loads(cli("eval", "--fake", folders / "fake", "--real", folders / "real",
-                          "--image-size", 64, "--fid-mode", mode, "--json",
-                          "--cache-dir", folders / f"cache-{mode}").stdout)
+    ours = json.loads(cli_here("eval", "--fake", folders / "fake", "--real", folders / "real",
+                               "--image-size", 64, "--fid-mode", mode, "--json",
+                               "--cache-dir", folders / f"cache-{mode}").stdout)
     assert ours["fid_mode"] == mode and ours["inception"] == "jax" and ours["num"] == 32
     assert ours["fid"] == pytest.approx(theirs, rel=1e-4)
     assert theirs > 10  # darkened faces: a distance, not rounding
@@ -146,33 +146,34 @@ def test_reference_statistics_serve_as_real(folders, tmp_path):
     exactly; clean-fid's format (mu and sigma alone) gives FID without KID; statistics of
     the other mode, of other features, and files that hold none are refused."""
     flags = ["--fake", folders / "fake", "--json", "--num", 32]
-    by_folder = json.loads(cli(*(["eval"] + flags), "--real", folders / "real",
-                               "--image-size", 64, "--cache-dir", folders / "cache-stats").stdout)
+    by_folder = json.loads(cli_here(*(["eval"] + flags), "--real", folders / "real",
+                                    "--image-size", 64,
+                                    "--cache-dir", folders / "cache-stats").stdout)
     [stats] = [p for p in (folders / "cache-stats").rglob("fid-stats-clean-jax-32-*.npz")]
-    by_stats = json.loads(cli(*(["eval"] + flags), "--real", stats, "--image-size", 64,
-                              "--cache-dir", folders / "cache-stats").stdout)
+    by_stats = json.loads(cli_here(*(["eval"] + flags), "--real", stats, "--image-size", 64,
+                                   "--cache-dir", folders / "cache-stats").stdout)
     assert "swd" not in by_stats
     assert {k: by_stats[k] for k in ("fid", "kid", "fid_mode", "num")} == {
         k: by_folder[k] for k in ("fid", "kid", "fid_mode", "num")}
     with np.load(stats) as npz:
         np.savez(tmp_path / "clean-fid.npz", mu=npz["mu"], sigma=npz["sigma"])
-    mu_sigma = json.loads(cli(*(["eval"] + flags), "--real", tmp_path / "clean-fid.npz",
-                              "--image-size", 64, "--cache-dir", folders / "cache-stats").stdout)
+    mu_sigma = json.loads(cli_here(*(["eval"] + flags), "--real", tmp_path / "clean-fid.npz",
+                                   "--image-size", 64,
+                                   "--cache-dir", folders / "cache-stats").stdout)
     assert mu_sigma["fid"] == by_folder["fid"] and "kid" not in mu_sigma
     assert mu_sigma["fid_mode"] == "clean"  # the mode it was scored in
-    other = cli(*(["eval"] + flags), "--real", stats, "--fid-mode", "legacy_tensorflow",
-                check=False)
-    assert "--fid-mode clean" in other.stderr
+    # Refusals come before any image is read.
     np.savez(tmp_path / "empty.npz", x=np.zeros(2))
     (tmp_path / "cut.npz").write_bytes(stats.read_bytes()[:1000])
     np.savez(tmp_path / "small.npz", mu=np.zeros(64), sigma=np.eye(64))
-    refused = {name: cli(*(["eval"] + flags), "--real", tmp_path / f"{name}.npz", check=False)
-               for name in ("empty", "cut", "small")}
-    assert "has no reference statistics" in refused["empty"].stderr
-    assert "is not a readable .npz" in refused["cut"].stderr
-    assert "not statistics of the FID network's 2048 features" in refused["small"].stderr
-    for done in (other, *refused.values()):
-        assert done.returncode == 2 and "Traceback" not in done.stderr
+    for real, extra, message in (
+            (stats, ["--fid-mode", "legacy_tensorflow"], "--fid-mode clean"),
+            (tmp_path / "empty.npz", [], "has no reference statistics"),
+            (tmp_path / "cut.npz", [], "is not a readable .npz"),
+            (tmp_path / "small.npz", [], "not statistics of the FID network's 2048 features")):
+        refused = cli_here(*(["eval"] + flags), "--real", real, *extra, check=False)
+        assert refused.returncode == 2 and message in refused.stderr
+        assert "Traceback" not in refused.stderr and refused.stderr.count("\n") == 1
 
 
 def _eval_without_torch(args: list, cache: str) -> subprocess.CompletedProcess:

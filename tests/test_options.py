@@ -64,3 +64,45 @@ def test_label_randomness_has_the_asked_rates():
     real, fake = np.asarray(rand["real_target"]), np.asarray(rand["fake_target"])
     assert set(np.unique(real)) == {0.0, np.float32(0.9)} and set(np.unique(fake)) == {0.0, np.float32(0.9)}
     assert abs(np.mean(real == 0) - 0.3) < 0.02 and abs(np.mean(fake != 0) - 0.3) < 0.02
+
+
+@pytest.mark.parametrize("size, dtype", [(16, "float32"), (64, "bfloat16")])
+def test_training_bytes_counts_the_weights_and_feature_maps(size, dtype):
+    """The memory check's estimate, counted from the widths alone: its weight term is the
+    bytes of the convolution kernels the state holds (float32 for a bfloat16 run; times 4:
+    weights, gradients, two moments), its batch term the output of every layer of both
+    networks in the compute dtype."""
+    from jax_dcgan.models import Discriminator, Generator, training_bytes
+
+    full = TINY.replace(image_size=size, dtype=dtype)
+    cfg = full.model
+    state = jax.eval_shape(lambda: create_train_state(full))
+    kernel_bytes = sum(leaf.size * leaf.dtype.itemsize for path, leaf in
+                       jax.tree_util.tree_leaves_with_path((state.generator, state.discriminator))
+                       if path[-1].key == "kernel")
+    assert training_bytes(cfg, 0) == 4 * kernel_bytes
+
+    def conv_outputs(module, x):  # elements per image of each convolution's output
+        variables = module.init(jax.random.PRNGKey(0), x, train=False)
+        _, found = module.apply(variables, x, train=False, capture_intermediates=True,
+                                mutable=["intermediates"])
+        layers = found["intermediates"]
+        return sum(layers[name]["__call__"][0][0].size for name in layers
+                   if name != "__call__" and not name.startswith("bn_"))
+
+    per_image = (training_bytes(cfg, 1) - training_bytes(cfg, 0)) // jnp.dtype(dtype).itemsize
+    gen = conv_outputs(Generator(cfg), jnp.zeros((1, cfg.latent_dim)))
+    dis = conv_outputs(Discriminator(cfg), jnp.zeros((1, size, size, cfg.channels)))
+    # The discriminator's input is kept and its logit (one number) is not, twice over.
+    assert per_image == gen + 2 * (size * size * cfg.channels + dis - 1)
+
+
+def test_seeds_beyond_what_a_jax_key_holds_are_refused():
+    """Without its 64-bit mode JAX keeps 32 bits of a seed, so 2^32 would be seed 0's run
+    again (with another data order, which NumPy draws from the whole seed)."""
+    same = [jax.random.key_data(jax.random.PRNGKey(s)) for s in (0, 2 ** 32)]
+    np.testing.assert_array_equal(*same)
+    Config(seed=2 ** 32 - 1).validate()
+    for seed in (2 ** 32, -1):
+        with pytest.raises(UserError, match=r"--seed must lie in \[0, 4294967296\)"):
+            Config(seed=seed).validate()
