@@ -110,23 +110,50 @@ def _load_noise(path: str, latent_dim: int, num: int | None):
 def cmd_sample(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from jax_dcgan import checkpoint, sample
+    from jax_dcgan import checkpoint, pictures, sample
 
-    _positive(args, "num")
+    _positive(args, "num", "interpolate", "between")
     check_seed("seed", args.seed)
+    if args.interpolate and args.num:
+        raise UserError("--interpolate N draws N points and the images between them; leave "
+                        "out --num.")
     state, cfg = checkpoint.load(args.checkpoint)
-    if args.noise:
-        noise = _load_noise(args.noise, cfg.latent_dim, args.num)
-    else:
-        runtime.check_images_fit(args.num or 64, cfg.image_size, cfg.channels)
-        noise = sample.draw_noise(cfg.latent_dim, args.num or 64, args.seed)
+    noise = _load_noise(args.noise, cfg.latent_dim, args.num) if args.noise else None
+    points = len(noise) if noise is not None else args.interpolate or args.num or 64
+    if args.interpolate and (points != args.interpolate or points < 2):
+        raise UserError(f"--interpolate {args.interpolate} walks between that many latent "
+                        "points, at least 2" + (f"; {args.noise!r} holds {points}."
+                                                if args.noise else "."))
+    count = (points - 1) * (args.between + 1) + 1 if args.interpolate else points
+    runtime.check_images_fit(count, cfg.image_size, cfg.channels)
+    if noise is None:
+        noise = np.asarray(sample.draw_noise(cfg.latent_dim, points, args.seed))
+    if args.interpolate:
+        noise = pictures.interpolation_noise(noise, args.between + 1)
     images = np.asarray(sample.generate(cfg.model, sample.sampling_generator(state), noise,
                                         args.bn == "batch"))
-    sample.save_png(sample.make_grid(images), args.out)
+    if args.interpolate:
+        animation = os.path.splitext(args.out)[0] + ".webp"
+        pictures.save_interpolation(images, args.out, animation)
+        print(f"wrote a walk through {len(noise)} images to {args.out} and {animation}")
+    else:
+        sample.save_png(sample.make_grid(images), args.out)
     if args.save_array:
         np.save(args.save_array, images.astype(np.float32))
-    print(f"wrote {len(images)} samples to {args.out}"
-          + (f" and {args.save_array}" if args.save_array else ""))
+    if not args.interpolate:
+        print(f"wrote {len(images)} samples to {args.out}"
+              + (f" and {args.save_array}" if args.save_array else ""))
+
+
+def cmd_animate(args: argparse.Namespace) -> None:
+    from jax_dcgan import pictures
+
+    if not 1 <= args.frame_ms <= 60_000:
+        raise UserError(f"--frame-ms must lie in 1..60000 (a minute a frame at most), got "
+                        f"{args.frame_ms}.")
+    out = args.out or os.path.join(args.run, pictures.ANIMATION)
+    frames = pictures.animate_grids(os.path.join(args.run, "samples"), out, args.frame_ms)
+    print(f"wrote {frames} epoch grids as one animation to {out}")
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
@@ -182,6 +209,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
         raise UserError(f"{args.real!r} holds statistics of FID mode {reference.mode}; "
                         f"compare in the same mode (--fid-mode {reference.mode}).")
     fake, real = _eval_images(args, cfg, state, with_real=reference is None)
+    if args.figure:
+        from jax_dcgan import pictures, sample
+
+        sample.save_png(pictures.real_beside_fake(real[:sample.GRID_IMAGES],
+                                                  fake[:sample.GRID_IMAGES]), args.figure)
     network = None if args.no_fid else metrics.inception_network(args.inception, cfg.fid_mode)
     if reference:  # statistics alone: FID (KID where they hold features), no SWD
         result = {"num": len(fake), **reference.scores(network, fake, args.seed)}
@@ -243,6 +275,9 @@ def _check_eval_sources(args: argparse.Namespace) -> None:
     if _is_statistics(args.real) and not os.path.isfile(args.real):
         raise UserError(f"--real {args.real!r} does not exist; give a folder of images, or "
                         "reference statistics that eval or clean-fid wrote.")
+    if _is_statistics(args.real) and args.figure:
+        raise UserError("--figure shows real images beside the scored ones, and --real gives "
+                        "statistics; give a folder of images, or the dataset's flags.")
     if _is_statistics(args.real) and args.no_fid:
         raise UserError("--real gives reference statistics, which serve FID and KID only; "
                         "with --no-fid there is nothing to compute.")
@@ -360,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compile_command(sub)
     _add_eval_command(sub)
     _add_sample_command(sub)
+    _add_animate_command(sub)
     _add_parity_command(sub)
     _add_data_command(sub)
     _add_convert_command(sub)
@@ -470,6 +506,8 @@ def _add_eval_command(sub) -> None:
                         "PyTorch is needed once, to convert it) or as shipped, in PyTorch on "
                         "the CPU")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--figure", metavar="PNG",
+                   help="also write 64 real images beside 64 of the scored ones there")
     _add_config_flags(p, only=("dataset", "data_dir", "split", "crop_size", "image_size",
                                "num_synthetic", "cache_dir", "fid_mode"), with_preset=False)
     p.set_defaults(func=cmd_eval)
@@ -486,7 +524,21 @@ def _add_sample_command(sub) -> None:
     p.add_argument("--bn", choices=("running", "batch"), default="batch",
                    help="BatchNorm statistics: running (eval mode) or the batch's own "
                         "(train mode, as the lecture's grids); default batch")
+    p.add_argument("--interpolate", type=integer, metavar="N",
+                   help="walk between N latent points (from --seed, or the vectors of "
+                        "--noise) by spherical interpolation: a strip PNG at --out and an "
+                        "animation beside it (.webp)")
+    p.add_argument("--between", type=integer, default=7,
+                   help="images between two points of --interpolate (default 7)")
     p.set_defaults(func=cmd_sample)
+
+
+def _add_animate_command(sub) -> None:
+    p = sub.add_parser("animate", help="a run's epoch grids as one animation (progress.webp)")
+    p.add_argument("run", help="run directory of `jax-dcgan train`")
+    p.add_argument("--out", help="animation to write (default RUN/progress.webp)")
+    p.add_argument("--frame-ms", type=integer, default=250, help="milliseconds per epoch")
+    p.set_defaults(func=cmd_animate)
 
 
 def _add_parity_command(sub) -> None:

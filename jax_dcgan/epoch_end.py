@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from jax_dcgan import metrics, plots, runtime
+from jax_dcgan import metrics, pictures, plots, runtime
 from jax_dcgan.config import Config, ModelConfig
 from jax_dcgan.dispatch import Plan
 from jax_dcgan.errors import TrainingStopped, UserError
@@ -32,6 +32,7 @@ from jax_dcgan.sample import GRID_IMAGES, generate_images, make_grid, sampling_g
 from jax_dcgan.writers import ConsoleWriter, History, Writers
 
 PLOT_SECONDS = 30.0  # the loss plot is drawn at most this often, and at the end
+ANIMATION_SECONDS = 180.0  # progress.webp likewise (it reads every epoch's grid)
 STOP_WAIT_SECONDS = 60.0  # a stopped run waits this long for the epoch outputs under way
 QUEUED_EPOCHS = 2  # the loop waits rather than let slower outputs (FID on a CPU) pile up
 
@@ -90,11 +91,14 @@ class EpochEnd:
         self.best_diversity = best_diversity
         chosen = np.random.default_rng(0).choice(len(images), min(GRID_IMAGES, len(images)),
                                                  replace=False)
-        self.reference = float(metrics.diversity(np.asarray(images[np.sort(chosen)])))
+        self.real = np.asarray(images[np.sort(chosen)])  # also shown beside the last grid
+        self.reference = float(metrics.diversity(self.real))
+        self.last_grid: tuple[int, np.ndarray] | None = None  # (step, images) of this process
         # (step, epoch, grid, its diversity, samples to evaluate), all still on the device
         self.pending: collections.deque = collections.deque()
         self.background = Background()
         self.started = self.last_plot = self.last_epoch = time.perf_counter()
+        self.last_animation = self.started
         self.inception: metrics.JaxInception | None = None
         if cfg.eval_every:  # on the training device, beside training; at the start, so that
             try:  # a network that cannot load only drops FID
@@ -152,9 +156,12 @@ class EpochEnd:
     def _outputs(self, step: int, epoch: int, grid: np.ndarray, samples) -> None:
         picture = make_grid(grid)
         save_png(picture, os.path.join(self.run.samples, f"epoch_{epoch:03d}.png"))
-        self.writers.write_images(step, {"samples": picture})
+        self.writers.write_images(step, {"fixed_noise": picture})
+        self.last_grid = step, grid
         if time.perf_counter() - self.last_plot >= PLOT_SECONDS:
             self.plot_losses()
+        if time.perf_counter() - self.last_animation >= ANIMATION_SECONDS:
+            self.animate()
         if samples is not None:
             self._evaluate(step, epoch, np.asarray(samples))
 
@@ -176,6 +183,21 @@ class EpochEnd:
             series["KID (x1e3)"] = ([r["epoch"] for r in with_kid],
                                     [1e3 * r["kid"] for r in with_kid])
         plots.plot_curves(series, self.run.file("quality.png"), "Epoch", "Distance")
+
+    def animate(self) -> None:
+        self.last_animation = time.perf_counter()
+        if pictures.epoch_grids(self.run.samples):
+            pictures.animate_grids(self.run.samples, self.run.file(pictures.ANIMATION))
+
+    def final_pictures(self) -> None:
+        """The loss plot, the animation, and the data's images beside the last grid's."""
+        self.plot_losses()
+        self.animate()
+        if self.last_grid is not None:
+            step, grid = self.last_grid
+            picture = pictures.real_beside_fake(self.real, grid)
+            save_png(picture, self.run.file("real_vs_fake.png"))
+            self.writers.write_images(step, {"real_vs_fake": picture})
 
     def plot_losses(self) -> None:
         self.last_plot = time.perf_counter()
@@ -201,7 +223,7 @@ class EpochEnd:
         failed, or a second Ctrl-C, leaves them."""
         if exc_type is None:
             self.collect(wait=True)
-            self.background.submit(self.plot_losses)
+            self.background.submit(self.final_pictures)
             self.background.wait()
             self.background.check()
         elif issubclass(exc_type, TrainingStopped):

@@ -134,8 +134,10 @@ def training_bytes(cfg: ModelConfig, batch_size: int) -> int:
     return 4 * weight_bytes * weights + jnp.dtype(DTYPES[cfg.dtype]).itemsize * batch_size * maps
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def init_variables(cfg: ModelConfig, key: jax.Array) -> dict:
-    """{'generator': {'params', 'batch_stats'}, 'discriminator': {...}} for `cfg`."""
+    """{'generator': {'params', 'batch_stats'}, 'discriminator': {...}} for `cfg`. Compiled
+    as one program: op by op it is ~170 small ones, 10-16 s at every start on a CPU."""
     kg, kd = jax.random.split(key)
     z = jnp.zeros((1, cfg.latent_dim), jnp.float32)
     x = jnp.zeros((1, cfg.image_size, cfg.image_size, cfg.channels), jnp.float32)

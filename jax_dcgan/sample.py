@@ -82,9 +82,14 @@ def make_grid(images: np.ndarray, columns: int = 8, padding: int = 2) -> np.ndar
     return grid
 
 
+def to_pixels(image: np.ndarray) -> np.ndarray:
+    """A [0, 1] float HWC image as uint8, rounded as torchvision's save_image rounds it."""
+    return np.clip(np.asarray(image) * 255 + 0.5, 0, 255).astype(np.uint8)
+
+
 def save_png(image: np.ndarray, path: str) -> None:
-    """Write a [0, 1] float HWC image (as torchvision's save_image rounds it), atomically."""
-    pixels = np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)
+    """Write a [0, 1] float HWC image as a PNG, atomically."""
+    pixels = to_pixels(image)
     if pixels.shape[-1] == 1:
         pixels = pixels[..., 0]
     with atomic_write(path, ".png") as tmp:

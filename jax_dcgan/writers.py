@@ -100,10 +100,25 @@ class ConsoleWriter(MetricWriter):
         self.bar.close()
 
 
+# TensorBoard's sections: a tag `section/name` is shown under `section`.
+TENSORBOARD_SECTIONS = {
+    "losses": ("g_loss", "d_loss"),
+    "accuracy": ("acc_real", "acc_fake"),
+    "quality": ("swd", "fid", "kid", "kid_std", "eval_samples", "diversity", "diversity_data",
+                "collapsed"),
+    "throughput": ("images_per_s", "epoch_seconds"),
+    "system": ("rss_mib", "open_fds", "rollback"),
+    "samples": ("fixed_noise", "real_vs_fake"),
+}
+TENSORBOARD_TAGS = {name: f"{section}/{name}" for section, names in TENSORBOARD_SECTIONS.items()
+                    for name in names}
+
+
 class TensorBoardWriter(MetricWriter):
     """Event files for `tensorboard --logdir`: per-step values as their mean over every
     `every` steps (one event per value per step costs more host time than a fast step
-    takes), other values as they come, and sample grids as images."""
+    takes), other values as they come, and sample grids as images, each tag in its section
+    (`TENSORBOARD_SECTIONS`)."""
 
     SKIPPED = ("epoch", "batch")
 
@@ -141,11 +156,12 @@ class TensorBoardWriter(MetricWriter):
 
     def _add(self, step: int, values: dict[str, float]) -> None:
         for name, value in values.items():
-            self.writer.add_scalar(name, value, step)
+            self.writer.add_scalar(TENSORBOARD_TAGS.get(name, name), value, step)
 
     def write_images(self, step, images):
         for name, image in images.items():
-            self.writer.add_image(name, np.asarray(image), step, dataformats="HWC")
+            self.writer.add_image(TENSORBOARD_TAGS.get(name, name), np.asarray(image), step,
+                                  dataformats="HWC")
 
     def rewind(self, step):
         self.writer.close()

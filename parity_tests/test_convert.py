@@ -1,7 +1,5 @@
 """Conversion between the lecture's state dict and Flax variables, and the CLI round trip."""
 
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -13,6 +11,7 @@ from jax_dcgan.models import init_variables
 from torch_reference import DCGAN
 
 from jax_dcgan.parity import SEED_CFG, SMALL_CFG, state_dict_numpy, torch_model
+from tests.helpers import cli_here
 
 LECTURE_KEYS = (
     [f"generator.{i}.weight" for i in (0,)]
@@ -71,14 +70,6 @@ def test_flax_init_matches_torch_init_distribution():
         assert np.max(np.abs(ours[k])) == pytest.approx(np.max(np.abs(theirs[k])), rel=0.02), k
 
 
-def _cli(*args, check=True):
-    result = subprocess.run([sys.executable, "-m", "jax_dcgan.cli", *args], capture_output=True,
-                            text=True)
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
-
-
 def test_converted_checkpoint_samples_like_torch_eval_mode(tmp_path):
     """convert --from-torch, sample --bn running == the PyTorch model in eval mode."""
     model = torch_model(SEED_CFG)
@@ -86,15 +77,14 @@ def test_converted_checkpoint_samples_like_torch_eval_mode(tmp_path):
         model.generator(torch.randn(16, 100, 1, 1))
     saved = {k: v.clone() for k, v in model.state_dict().items()}
     torch.save(saved, tmp_path / "gan_celeba_01.pt")
-    _cli("convert", "--from-torch", str(tmp_path / "gan_celeba_01.pt"), "--out",
-         str(tmp_path / "ckpt"))
+    cli_here("convert", "--from-torch", tmp_path / "gan_celeba_01.pt", "--out", tmp_path / "ckpt")
 
     noise = np.random.default_rng(0).standard_normal((10, 100)).astype(np.float32)
     np.save(tmp_path / "z.npy", noise)
     for bn, train in (("running", False), ("batch", True)):
-        _cli("sample", "--checkpoint", str(tmp_path / "ckpt"), "--noise", str(tmp_path / "z.npy"),
-             "--bn", bn, "--out", str(tmp_path / f"{bn}.png"), "--save-array",
-             str(tmp_path / f"{bn}.npy"))
+        cli_here("sample", "--checkpoint", tmp_path / "ckpt", "--noise", tmp_path / "z.npy",
+                 "--bn", bn, "--out", tmp_path / f"{bn}.png", "--save-array",
+                 tmp_path / f"{bn}.npy")
         ours = np.load(tmp_path / f"{bn}.npy")
         model.load_state_dict(saved)  # the batch-mode pass below updates running stats
         model.train(train)
@@ -104,7 +94,7 @@ def test_converted_checkpoint_samples_like_torch_eval_mode(tmp_path):
         np.testing.assert_allclose(ours.transpose(0, 3, 1, 2), theirs, atol=1e-5)
         assert (tmp_path / f"{bn}.png").stat().st_size > 0
 
-    _cli("convert", "--to-torch", str(tmp_path / "ckpt"), "--out", str(tmp_path / "back.pt"))
+    cli_here("convert", "--to-torch", tmp_path / "ckpt", "--out", tmp_path / "back.pt")
     back = torch.load(tmp_path / "back.pt", weights_only=True)
     DCGAN().load_state_dict(back, strict=True)
     for k, v in saved.items():

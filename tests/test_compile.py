@@ -22,7 +22,7 @@ from jax_dcgan.config import Config
 from jax_dcgan.errors import UserError
 from jax_dcgan.hlo import Program
 
-from .helpers import ROOT, TINY
+from .helpers import ROOT, TINY, cli_here
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -258,8 +258,7 @@ def test_bad_flags_are_one_paragraph(tmp_path):
                            (["--batch-size", "200000"], "more than CelebA's"),
                            (["--batch-size", "8", "--gen-features", "1000000000000"],
                             "lower some of them")):
-        done = subprocess.run([sys.executable, "-m", "jax_dcgan.cli", "compile", *flags],
-                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+        done = cli_here("compile", *flags, check=False)
         assert done.returncode == 2 and message in done.stderr, (flags, done.stderr)
         assert done.stderr.count("\n") == 1 and done.stderr.startswith(
             "jax-dcgan compile: error: "), done.stderr  # one paragraph, no traceback

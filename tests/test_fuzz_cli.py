@@ -171,9 +171,10 @@ def test_no_argv_ends_in_a_traceback_or_changes_what_exists(sandbox, capsys):
 
 # Every numeric flag of every subcommand, found in the parser itself (a flag added later is
 # swept without being listed here), at each end of its range and beyond.
-EXTREMES = ["0", "-1", "-9223372036854775808", "9223372036854775808", "1e308", "-1e-308",
-            "nan", "inf", "-inf", "abc", ""]
-# For int flags also 2^63 - 1 and 2^62 (a power of two); floats have 2^63 and 1e308 above.
+EXTREMES = ["0", "-1", "1e308", "-1e-308", "nan", "inf", "-inf", "abc", ""]
+# For int flags also -2^63 and 2^63 (beyond 64 bits), 2^63 - 1 and 2^62 (a power of two);
+# for a float flag those are merely large, as 1e308 is.
+INT_EXTREMES = ["-9223372036854775808", "9223372036854775808"]
 HUGE = ["9223372036854775807", "4611686018427387904"]
 # Repeats of timing: at 2^63 - 1 a command is valid and merely endless, so not drawn huge.
 # (A run's steps end at the int32 step counter's limit, so `train` refuses huge counts.)
@@ -210,6 +211,7 @@ def sweep_bases(root: pathlib.Path) -> dict[str, list[str]]:
     return {
         "train": ["train", "--out", "{new}", "--quiet", *SWEEP_TINY, *data, "--steps", "1"],
         "sample": ["sample", "--checkpoint", run, "--out", "{new}.png"],
+        "animate": ["animate", run, "--out", "{new}.webp"],
         "eval": ["eval", "--checkpoint", run, "--no-fid", "--num", "4", "--dataset",
                  "synthetic", *data],
         "bench": ["bench", "--variants", "jax-jit-matmul", "--steps", "1", "--repeats", "1",
@@ -227,7 +229,8 @@ def sweep(root: pathlib.Path) -> list[str]:
     assert {command for command, _, _ in flags} == set(bases)  # a new subcommand needs a base
     problems = []
     for i, (command, flag, kind) in enumerate(flags):
-        values = EXTREMES + (HUGE if kind is cli.integer and (command, flag) not in WORK else [])
+        values = EXTREMES + (INT_EXTREMES if kind is cli.integer else []) + (
+            HUGE if kind is cli.integer and (command, flag) not in WORK else [])
         for value in values:
             argv = [a.replace("{new}", str(root / f"out{i}-{value}")) for a in bases[command]]
             argv.append(f"{flag}={value}")  # "-1" after a space would read as a flag

@@ -93,12 +93,15 @@ def clean_fid():
                 sys.modules[name] = module
 
 
+FOLDER = 16  # images a side
+
+
 @pytest.fixture(scope="module")
 def folders(faces, tmp_path_factory):
     from PIL import Image
 
     root = tmp_path_factory.mktemp("folders")
-    for name, images in (("real", faces[:32]), ("fake", faces[48:80] // 2 + 40)):
+    for name, images in (("real", faces[:FOLDER]), ("fake", faces[48:48 + FOLDER] // 2 + 40)):
         (root / name).mkdir()
         for i, image in enumerate(images):
             Image.fromarray(image).save(root / name / f"{i:03d}.png")
@@ -110,8 +113,8 @@ def test_eval_equals_clean_fids_compute_fid(clean_fid, folders, mode):
     """clean-fid's compute_fid(dir1, dir2) (its file reading, resizing, batching and
     Frechet distance), given the bundled network as its feature extractor, and
     `jax-dcgan eval --fake --real` with the JAX network: the same FID to 1e-4 relative
-    (measured 1.4e-7 in clean mode, 3e-8 in legacy_tensorflow, at 32 images a side; the
-    FIDs, 98 and 107, show what the mode alone does). clean-fid's legacy_tensorflow mode
+    (measured 1.7e-7 in clean mode, 2.5e-8 in legacy_tensorflow, at 16 images a side;
+    the FIDs, 125 and 131, show what the mode alone does). clean-fid's legacy_tensorflow mode
     runs NVIDIA's file, which cannot be downloaded here: its forward is
     `metrics.nvidia_resize` and the file's layers."""
     fid, InceptionV3W = clean_fid
@@ -127,7 +130,7 @@ def test_eval_equals_clean_fids_compute_fid(clean_fid, folders, mode):
     ours = json.loads(cli_here("eval", "--fake", folders / "fake", "--real", folders / "real",
                                "--image-size", 64, "--fid-mode", mode, "--json",
                                "--cache-dir", folders / f"cache-{mode}").stdout)
-    assert ours["fid_mode"] == mode and ours["inception"] == "jax" and ours["num"] == 32
+    assert ours["fid_mode"] == mode and ours["inception"] == "jax" and ours["num"] == FOLDER
     assert ours["fid"] == pytest.approx(theirs, rel=1e-4)
     assert theirs > 10  # darkened faces: a distance, not rounding
 
@@ -145,11 +148,11 @@ def test_reference_statistics_serve_as_real(folders, tmp_path):
     """The statistics eval cached beside the real folder give the folder's FID and KID
     exactly; clean-fid's format (mu and sigma alone) gives FID without KID; statistics of
     the other mode, of other features, and files that hold none are refused."""
-    flags = ["--fake", folders / "fake", "--json", "--num", 32]
+    flags = ["--fake", folders / "fake", "--json", "--num", FOLDER]
     by_folder = json.loads(cli_here(*(["eval"] + flags), "--real", folders / "real",
                                     "--image-size", 64,
                                     "--cache-dir", folders / "cache-stats").stdout)
-    [stats] = [p for p in (folders / "cache-stats").rglob("fid-stats-clean-jax-32-*.npz")]
+    [stats] = [p for p in (folders / "cache-stats").rglob(f"fid-stats-clean-jax-{FOLDER}-*.npz")]
     by_stats = json.loads(cli_here(*(["eval"] + flags), "--real", stats, "--image-size", 64,
                                    "--cache-dir", folders / "cache-stats").stdout)
     assert "swd" not in by_stats

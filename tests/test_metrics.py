@@ -167,25 +167,25 @@ def test_diversity_monitor_fires_on_a_collapsed_generator(tmp_path, faces):
 def test_eval_command_prints_fid_and_swd(tmp_path):
     cli_here("train", "--out", tmp_path / "run", "--quiet",
              *tiny_flags(tmp_path / "c", epochs=1))
-    out = cli_here("eval", "--checkpoint", tmp_path / "run", "--num", 48, "--json",
+    out = cli_here("eval", "--checkpoint", tmp_path / "run", "--num", 16, "--json",
               "--cache-dir", tmp_path / "c").stdout
     result = json.loads(out)
-    assert result["num"] == 48 and result["fid"] > 0 and result["swd"] > 0
-    assert result["kid"] > 0 and result["kid_std"] is None  # 48 images: subsets are all
+    assert result["num"] == 16 and result["fid"] > 0 and result["swd"] > 0
+    assert result["kid"] > 0 and result["kid_std"] is None  # 16 images: subsets are all
     assert set(result["swd_levels"]) == {"16"}
-    text = cli_here("eval", "--checkpoint", tmp_path / "run", "--num", 48, "--no-fid",
+    text = cli_here("eval", "--checkpoint", tmp_path / "run", "--num", 16, "--no-fid",
                "--cache-dir", tmp_path / "c").stdout
     assert "SWD" in text and "FID" not in text and "KID" not in text
 
 
 def test_train_eval_every_records_quality(tmp_path):
     cli_here("train", "--out", tmp_path / "run", "--quiet",
-        *tiny_flags(tmp_path / "c", epochs=2), "--eval-every", "1", "--eval-samples", "32")
+        *tiny_flags(tmp_path / "c", epochs=2), "--eval-every", "1", "--eval-samples", "16")
     found = records(tmp_path / "run")
     evals = [r for r in found if "swd" in r]
     assert [r["epoch"] for r in evals] == [1, 2]
     assert all("fid" in r and "kid" in r for r in evals)
-    assert [r["step"] for r in evals] == [8, 16] and all(r["eval_samples"] == 32 for r in evals)
+    assert [r["step"] for r in evals] == [8, 16] and all(r["eval_samples"] == 16 for r in evals)
     assert [r["step"] for r in found if "diversity" in r] == [8, 16]
     assert (tmp_path / "run" / "quality.png").stat().st_size > 5000
 

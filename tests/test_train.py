@@ -72,8 +72,13 @@ def test_train_writes_every_output(tmp_path, devices):
 
     events = tensorboard_events(out / "tensorboard")
     # Per-step values as means over every --log-every (2) steps; the rest as they come.
-    assert events["g_loss"] == list(range(2, total + 1, 2)) and events["samples"] == [8, 16]
-    assert events["diversity"] == [8, 16] and "epoch" not in events
+    assert events["losses/g_loss"] == list(range(2, total + 1, 2))
+    assert events["samples/fixed_noise"] == events["quality/diversity"] == [8, 16]
+    assert events["samples/real_vs_fake"] == [16]  # with real_vs_fake.png, at the end
+    assert (out / "real_vs_fake.png").exists() and (out / "progress.webp").exists()
+    # Every tag in its section (losses, accuracy, quality, throughput, system, samples).
+    assert {tag.split("/")[0] for tag in events} == {
+        "losses", "accuracy", "quality", "throughput", "system", "samples"}, sorted(events)
 
 
 def test_one_and_four_devices_train_alike(tmp_path):

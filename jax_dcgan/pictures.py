@@ -1,0 +1,100 @@
+"""The pictures people expect from a GAN besides its epoch grids: the fixed-noise grids of
+every epoch as one animation (`progress.webp`, as the PyTorch DCGAN tutorial ends), a walk
+through the latent space by spherical interpolation, and the data's images beside the
+model's.
+
+Animations are lossless animated WebP (Pillow writes it with no other dependency), so
+every frame is exactly the PNG it was made from.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import numpy as np
+from PIL import Image
+
+from jax_dcgan.errors import UserError
+from jax_dcgan.files import atomic_write
+from jax_dcgan.sample import make_grid, save_png, to_pixels
+
+ANIMATION = "progress.webp"
+FRAME_MS = 250  # a frame per epoch, four epochs a second
+GAP = 8  # pixels between the real and the fake grids
+
+
+def save_animation(frames: list[np.ndarray], path: str, frame_ms: int = FRAME_MS) -> None:
+    """uint8 HWC frames (RGB or grey) as a looping lossless animated WebP, atomically."""
+    pictures = [Image.fromarray(frame[..., 0] if frame.shape[-1] == 1 else frame)
+                for frame in frames]
+    with atomic_write(path, ".webp") as tmp:
+        pictures[0].save(tmp, format="WEBP", save_all=True, append_images=pictures[1:],
+                         duration=frame_ms, loop=0, lossless=True)
+
+
+def read_animation(path: str) -> list[np.ndarray]:
+    """The frames of an animation as uint8 HWC RGB arrays."""
+    frames = []
+    with Image.open(path) as animation:
+        for index in range(animation.n_frames):
+            animation.seek(index)
+            frames.append(np.asarray(animation.convert("RGB")))
+    return frames
+
+
+def epoch_grids(samples_dir: str) -> list[str]:
+    return sorted(glob.glob(os.path.join(samples_dir, "epoch_*.png")))
+
+
+def animate_grids(samples_dir: str, out: str, frame_ms: int = FRAME_MS) -> int:
+    """The epoch grids under `samples_dir`, in epoch order, as one animation; their count."""
+    paths = epoch_grids(samples_dir)
+    if not paths:
+        raise UserError(f"{samples_dir!r} has no epoch grids (samples/epoch_XXX.png) to "
+                        "animate; give a run directory of `jax-dcgan train`.")
+    frames = []
+    for path in paths:
+        with Image.open(path) as grid:
+            frames.append(np.asarray(grid.convert("RGB")))
+    save_animation(frames, out, frame_ms)
+    return len(frames)
+
+
+def slerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
+    """Spherical interpolation from `a` (t=0) to `b` (t=1): Gaussian noise lives near a
+    sphere, and a straight line between two points would pass inside it, where the
+    generator saw no noise."""
+    a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    cos = np.dot(a64, b64) / (np.linalg.norm(a64) * np.linalg.norm(b64))
+    angle = np.arccos(np.clip(cos, -1.0, 1.0))
+    if angle < 1e-6:  # (nearly) the same direction: the line is the arc
+        return ((1 - t) * a64 + t * b64).astype(np.float32)
+    return ((np.sin((1 - t) * angle) * a64 + np.sin(t * angle) * b64)
+            / np.sin(angle)).astype(np.float32)
+
+
+def interpolation_noise(points: np.ndarray, steps: int) -> np.ndarray:
+    """`steps` vectors from each of `points` (P, latent) towards the next, then the last
+    point: (steps * (P - 1) + 1, latent)."""
+    path = [slerp(a, b, i / steps) for a, b in zip(points, points[1:]) for i in range(steps)]
+    return np.stack(path + [np.asarray(points[-1], np.float32)])
+
+
+def real_beside_fake(real: np.ndarray, fake: np.ndarray) -> np.ndarray:
+    """The tutorial's last figure: a grid of the data's images (uint8) left, the model's
+    (in [-1, 1]) right, each scaled as its own grid is, as a [0, 1] float HWC picture."""
+    left, right = make_grid(np.asarray(real, np.float32)), make_grid(fake)
+    height = max(len(left), len(right))
+    pad = lambda grid: np.pad(grid, ((0, height - len(grid)), (0, 0), (0, 0)))  # noqa: E731
+    return np.concatenate([pad(left), np.zeros((height, GAP, left.shape[-1]), np.float32),
+                           pad(right)], axis=1)
+
+
+def save_interpolation(images: np.ndarray, strip_path: str, animation_path: str,
+                       frame_ms: int = FRAME_MS // 2) -> None:
+    """The images of a latent walk (N, H, W, C in [-1, 1]) as one strip PNG and as an
+    animation of one image per frame, both scaled together (as one grid)."""
+    save_png(make_grid(images, columns=len(images)), strip_path)
+    joined = to_pixels(make_grid(images, columns=len(images), padding=0))
+    save_animation(np.split(joined, len(images), axis=1), animation_path, frame_ms)
