@@ -151,8 +151,10 @@ def cmd_animate(args: argparse.Namespace) -> None:
     if not 1 <= args.frame_ms <= 60_000:
         raise UserError(f"--frame-ms must lie in 1..60000 (a minute a frame at most), got "
                         f"{args.frame_ms}.")
+    _positive(args, "every")
     out = args.out or os.path.join(args.run, pictures.ANIMATION)
-    frames = pictures.animate_grids(os.path.join(args.run, "samples"), out, args.frame_ms)
+    frames = pictures.animate_grids(os.path.join(args.run, "samples"), out, args.frame_ms,
+                                    args.every)
     print(f"wrote {frames} epoch grids as one animation to {out}")
 
 
@@ -537,7 +539,10 @@ def _add_animate_command(sub) -> None:
     p = sub.add_parser("animate", help="a run's epoch grids as one animation (progress.webp)")
     p.add_argument("run", help="run directory of `jax-dcgan train`")
     p.add_argument("--out", help="animation to write (default RUN/progress.webp)")
-    p.add_argument("--frame-ms", type=integer, default=250, help="milliseconds per epoch")
+    p.add_argument("--frame-ms", type=integer, default=250, help="milliseconds per frame")
+    p.add_argument("--every", type=integer, default=1,
+                   help="every N-th epoch's grid (the first and the last always): a smaller "
+                        "file for a long run (default 1: all)")
     p.set_defaults(func=cmd_animate)
 
 

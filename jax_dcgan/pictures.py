@@ -47,14 +47,16 @@ def epoch_grids(samples_dir: str) -> list[str]:
     return sorted(glob.glob(os.path.join(samples_dir, "epoch_*.png")))
 
 
-def animate_grids(samples_dir: str, out: str, frame_ms: int = FRAME_MS) -> int:
-    """The epoch grids under `samples_dir`, in epoch order, as one animation; their count."""
+def animate_grids(samples_dir: str, out: str, frame_ms: int = FRAME_MS, every: int = 1) -> int:
+    """Every `every`-th epoch grid under `samples_dir` (the first and the last always), in
+    epoch order, as one animation; the number of frames."""
     paths = epoch_grids(samples_dir)
     if not paths:
         raise UserError(f"{samples_dir!r} has no epoch grids (samples/epoch_XXX.png) to "
                         "animate; give a run directory of `jax-dcgan train`.")
+    chosen = paths[::every] + ([paths[-1]] if (len(paths) - 1) % every else [])
     frames = []
-    for path in paths:
+    for path in chosen:
         with Image.open(path) as grid:
             frames.append(np.asarray(grid.convert("RGB")))
     save_animation(frames, out, frame_ms)

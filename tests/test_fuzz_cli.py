@@ -209,7 +209,9 @@ def sweep_bases(root: pathlib.Path) -> dict[str, list[str]]:
     data = ["--num-synthetic", "8", "--cache-dir", cache]
     assert cli.main(["train", "--out", run, "--quiet", *SWEEP_TINY, *data, "--steps", "2"]) == 0
     return {
-        "train": ["train", "--out", "{new}", "--quiet", *SWEEP_TINY, *data, "--steps", "1"],
+        # One device and one step per call: one program to compile, none to time.
+        "train": ["train", "--out", "{new}", "--quiet", *SWEEP_TINY, *data, "--steps", "1",
+                  "--devices", "1", "--steps-per-dispatch", "1"],
         "sample": ["sample", "--checkpoint", run, "--out", "{new}.png"],
         "animate": ["animate", run, "--out", "{new}.webp"],
         "eval": ["eval", "--checkpoint", run, "--no-fid", "--num", "4", "--dataset",

@@ -48,6 +48,12 @@ def test_animate_command_remakes_the_animation(run, tmp_path):
     with Image.open(out) as animation:
         animation.load()  # the frame's duration is read with the frame
         assert animation.info["duration"] == 100
+    for every in (2, 5):  # epochs 1 and 3: every other one, or the first and the last
+        cli_here("animate", run, "--out", tmp_path / f"every{every}.webp", "--every", every)
+        frames = pictures.read_animation(tmp_path / f"every{every}.webp")
+        assert len(frames) == 2
+        for frame, epoch in zip(frames, (1, 3)):
+            np.testing.assert_array_equal(frame, png(run / "samples" / f"epoch_{epoch:03d}.png"))
     refused = cli_here("animate", tmp_path, check=False)
     assert refused.returncode == 2 and "has no epoch grids" in refused.stderr
     assert refused.stderr.count("\n") == 1 and not (tmp_path / pictures.ANIMATION).exists()
