@@ -114,9 +114,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
     _positive(args, "num", "interpolate", "between")
     check_seed("seed", args.seed)
-    if args.interpolate and args.num:
-        raise UserError("--interpolate N draws N points and the images between them; leave "
-                        "out --num.")
+    animation = _check_walk_flags(args)
     state, cfg = checkpoint.load(args.checkpoint)
     noise = _load_noise(args.noise, cfg.latent_dim, args.num) if args.noise else None
     points = len(noise) if noise is not None else args.interpolate or args.num or 64
@@ -124,25 +122,49 @@ def cmd_sample(args: argparse.Namespace) -> None:
         raise UserError(f"--interpolate {args.interpolate} walks between that many latent "
                         "points, at least 2" + (f"; {args.noise!r} holds {points}."
                                                 if args.noise else "."))
-    count = (points - 1) * (args.between + 1) + 1 if args.interpolate else points
-    runtime.check_images_fit(count, cfg.image_size, cfg.channels)
+    between = args.between if args.between is not None else 7
+    count = (points - 1) * (between + 1) + 1 if args.interpolate else points
+    runtime.check_images_fit(count, cfg.image_size, cfg.channels, asked=(
+        f"--interpolate {points} --between {between}" if args.interpolate else ""))
     if noise is None:
         noise = np.asarray(sample.draw_noise(cfg.latent_dim, points, args.seed))
     if args.interpolate:
-        noise = pictures.interpolation_noise(noise, args.between + 1)
+        noise = pictures.interpolation_noise(noise, between + 1)
+    # A walk's images are each their own vector's (running statistics), not a function of
+    # the others in one batch; grids use the batch's, as the lecture's do.
+    bn = args.bn or ("running" if args.interpolate else "batch")
     images = np.asarray(sample.generate(cfg.model, sample.sampling_generator(state), noise,
-                                        args.bn == "batch"))
+                                        bn == "batch"))
     if args.interpolate:
-        animation = os.path.splitext(args.out)[0] + ".webp"
         pictures.save_interpolation(images, args.out, animation)
-        print(f"wrote a walk through {len(noise)} images to {args.out} and {animation}")
     else:
         sample.save_png(sample.make_grid(images), args.out)
     if args.save_array:
         np.save(args.save_array, images.astype(np.float32))
+    written = f"{args.out} and {animation}" if args.interpolate else args.out
+    print(f"wrote {len(images)} {'images of a walk' if args.interpolate else 'samples'} to "
+          f"{written}" + (f" and {args.save_array}" if args.save_array else ""))
+
+
+def _check_walk_flags(args: argparse.Namespace) -> str | None:
+    """Before any work: the flags of --interpolate agree, and the animation written beside
+    --out (its name with .webp) is a file of its own. Returns the animation's path."""
     if not args.interpolate:
-        print(f"wrote {len(images)} samples to {args.out}"
-              + (f" and {args.save_array}" if args.save_array else ""))
+        if args.between is not None:
+            raise UserError("--between sets the images between two points of "
+                            "--interpolate; give --interpolate N too.")
+        return None
+    if args.num:
+        raise UserError("--interpolate N draws N points and the images between them; leave "
+                        "out --num.")
+    animation = os.path.splitext(args.out)[0] + ".webp"
+    if os.path.abspath(animation) == os.path.abspath(args.out):
+        raise UserError(f"--out {args.out!r} would be overwritten by the walk's animation "
+                        "(written beside it as .webp); give the strip a .png name.")
+    if os.path.isdir(animation):
+        raise UserError(f"The walk's animation goes to {animation!r}, which is a directory; "
+                        "give --out another name.")
+    return animation
 
 
 def cmd_animate(args: argparse.Namespace) -> None:
@@ -211,16 +233,16 @@ def cmd_eval(args: argparse.Namespace) -> None:
         raise UserError(f"{args.real!r} holds statistics of FID mode {reference.mode}; "
                         f"compare in the same mode (--fid-mode {reference.mode}).")
     fake, real = _eval_images(args, cfg, state, with_real=reference is None)
-    if args.figure:
-        from jax_dcgan import pictures, sample
-
-        sample.save_png(pictures.real_beside_fake(real[:sample.GRID_IMAGES],
-                                                  fake[:sample.GRID_IMAGES]), args.figure)
     network = None if args.no_fid else metrics.inception_network(args.inception, cfg.fid_mode)
     if reference:  # statistics alone: FID (KID where they hold features), no SWD
         result = {"num": len(fake), **reference.scores(network, fake, args.seed)}
     else:
         result = metrics.evaluate(real, fake, args.seed, network)
+    if args.figure:  # once the scores stand: a failure before leaves an old figure as it was
+        from jax_dcgan import pictures, sample
+
+        sample.save_png(pictures.real_beside_fake(real[:sample.GRID_IMAGES],
+                                                  fake[:sample.GRID_IMAGES]), args.figure)
     if state is not None:
         result["step"] = int(state.step)
     if args.json:
@@ -523,14 +545,15 @@ def _add_sample_command(sub) -> None:
     p.add_argument("--out", required=True, help="grid PNG to write")
     p.add_argument("--noise", help="(N, latent) float32 .npy to use instead of drawing")
     p.add_argument("--save-array", help="also write the images as (N, H, W, C) float32 .npy")
-    p.add_argument("--bn", choices=("running", "batch"), default="batch",
+    p.add_argument("--bn", choices=("running", "batch"),
                    help="BatchNorm statistics: running (eval mode) or the batch's own "
-                        "(train mode, as the lecture's grids); default batch")
+                        "(train mode, as the lecture's grids); default batch, and running "
+                        "for --interpolate (each image then depends on its vector alone)")
     p.add_argument("--interpolate", type=integer, metavar="N",
                    help="walk between N latent points (from --seed, or the vectors of "
                         "--noise) by spherical interpolation: a strip PNG at --out and an "
                         "animation beside it (.webp)")
-    p.add_argument("--between", type=integer, default=7,
+    p.add_argument("--between", type=integer,
                    help="images between two points of --interpolate (default 7)")
     p.set_defaults(func=cmd_sample)
 

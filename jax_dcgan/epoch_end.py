@@ -33,6 +33,7 @@ from jax_dcgan.writers import ConsoleWriter, History, Writers
 
 PLOT_SECONDS = 30.0  # the loss plot is drawn at most this often, and at the end
 ANIMATION_SECONDS = 180.0  # progress.webp likewise (it reads every epoch's grid)
+ANIMATION_FRAMES = 100  # beyond that progress.webp shows every n-th epoch, to stay small
 STOP_WAIT_SECONDS = 60.0  # a stopped run waits this long for the epoch outputs under way
 QUEUED_EPOCHS = 2  # the loop waits rather than let slower outputs (FID on a CPU) pile up
 
@@ -185,9 +186,17 @@ class EpochEnd:
         plots.plot_curves(series, self.run.file("quality.png"), "Epoch", "Distance")
 
     def animate(self) -> None:
+        """progress.webp, of at most ANIMATION_FRAMES grids (the first and the last always).
+        A picture that cannot be made is a warning: it must not end the run."""
         self.last_animation = time.perf_counter()
-        if pictures.epoch_grids(self.run.samples):
-            pictures.animate_grids(self.run.samples, self.run.file(pictures.ANIMATION))
+        grids = len(pictures.epoch_grids(self.run.samples))
+        if not grids:
+            return
+        try:
+            pictures.animate_grids(self.run.samples, self.run.file(pictures.ANIMATION),
+                                   every=-(-grids // ANIMATION_FRAMES))
+        except UserError as e:
+            warnings.warn(f"progress.webp is not updated: {e}")
 
     def final_pictures(self) -> None:
         """The loss plot, the animation, and the data's images beside the last grid's."""

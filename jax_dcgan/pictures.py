@@ -9,8 +9,8 @@ every frame is exactly the PNG it was made from.
 
 from __future__ import annotations
 
-import glob
 import os
+import re
 
 import numpy as np
 from PIL import Image
@@ -44,7 +44,13 @@ def read_animation(path: str) -> list[np.ndarray]:
 
 
 def epoch_grids(samples_dir: str) -> list[str]:
-    return sorted(glob.glob(os.path.join(samples_dir, "epoch_*.png")))
+    """samples/epoch_XXX.png in epoch order (not a writer's temporary file beside one)."""
+    found = {}
+    for name in os.listdir(samples_dir) if os.path.isdir(samples_dir) else []:
+        match = re.fullmatch(r"epoch_(\d+)\.png", name)
+        if match:
+            found[int(match.group(1))] = os.path.join(samples_dir, name)
+    return [found[epoch] for epoch in sorted(found)]
 
 
 def animate_grids(samples_dir: str, out: str, frame_ms: int = FRAME_MS, every: int = 1) -> int:
@@ -59,6 +65,9 @@ def animate_grids(samples_dir: str, out: str, frame_ms: int = FRAME_MS, every: i
     for path in chosen:
         with Image.open(path) as grid:
             frames.append(np.asarray(grid.convert("RGB")))
+    if len({frame.shape for frame in frames}) > 1:
+        raise UserError(f"The epoch grids under {samples_dir!r} differ in size (the run's "
+                        "image size changed?); animate the grids of one configuration.")
     save_animation(frames, out, frame_ms)
     return len(frames)
 
@@ -68,8 +77,11 @@ def slerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
     sphere, and a straight line between two points would pass inside it, where the
     generator saw no noise."""
     a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    cos = np.dot(a64, b64) / (np.linalg.norm(a64) * np.linalg.norm(b64))
-    angle = np.arccos(np.clip(cos, -1.0, 1.0))
+    norms = np.linalg.norm(a64) * np.linalg.norm(b64)
+    angle = np.arccos(np.clip(np.dot(a64, b64) / norms, -1.0, 1.0)) if norms else np.pi
+    if angle > np.pi - 1e-6:  # no one great circle: the walk would pass through 0
+        raise UserError("Two consecutive latent points are zero or point in opposite "
+                        "directions, so no arc joins them; give other --noise vectors.")
     if angle < 1e-6:  # (nearly) the same direction: the line is the arc
         return ((1 - t) * a64 + t * b64).astype(np.float32)
     return ((np.sin((1 - t) * angle) * a64 + np.sin(t * angle) * b64)
@@ -84,13 +96,15 @@ def interpolation_noise(points: np.ndarray, steps: int) -> np.ndarray:
 
 
 def real_beside_fake(real: np.ndarray, fake: np.ndarray) -> np.ndarray:
-    """The tutorial's last figure: a grid of the data's images (uint8) left, the model's
-    (in [-1, 1]) right, each scaled as its own grid is, as a [0, 1] float HWC picture."""
+    """The tutorial's last figure: a grid of the data's images left, the model's right, as
+    a [0, 1] float HWC picture; each grid is scaled from its own minimum to maximum (as
+    the lecture's grids are), so uint8 images and [-1, 1] ones both work."""
     left, right = make_grid(np.asarray(real, np.float32)), make_grid(fake)
     height = max(len(left), len(right))
-    pad = lambda grid: np.pad(grid, ((0, height - len(grid)), (0, 0), (0, 0)))  # noqa: E731
-    return np.concatenate([pad(left), np.zeros((height, GAP, left.shape[-1]), np.float32),
-                           pad(right)], axis=1)
+    left, right = (np.pad(grid, ((0, height - len(grid)), (0, 0), (0, 0)))
+                   for grid in (left, right))
+    return np.concatenate([left, np.zeros((height, GAP, left.shape[-1]), np.float32), right],
+                          axis=1)
 
 
 def save_interpolation(images: np.ndarray, strip_path: str, animation_path: str,

@@ -179,13 +179,15 @@ def device_free_bytes(device) -> float:
     return available_host_bytes()
 
 
-def check_images_fit(num: int, image_size: int, channels: int) -> None:
+def check_images_fit(num: int, image_size: int, channels: int, asked: str = "") -> None:
     """A UserError when `num` float32 images would not fit in the host's free memory (they
-    are gathered there to be written), before any is generated."""
+    are gathered there to be written), before any is generated. `asked`: the flags that
+    ask for them (default `--num NUM`)."""
     need = num * image_size * image_size * channels * 4
     free = available_host_bytes()
     if need > free:
-        raise UserError(f"--num {num}: {num} images of {image_size}x{image_size}x{channels} "
+        raise UserError(f"{asked or f'--num {num}'}: {num} images of "
+                        f"{image_size}x{image_size}x{channels} "
                         f"need {need / 2**30:.3g} GiB, and this machine has {free / 2**30:.3g} "
                         f"GiB free; ask for fewer.")
 

@@ -66,6 +66,12 @@ def cli_here(*args, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
+def tiny_run(root, **changes):
+    """A finished `jax-dcgan train` of TINY (`changes` applied) in root/run; its path."""
+    cli_here("train", "--out", root / "run", "--quiet", *tiny_flags(root / "cache", **changes))
+    return root / "run"
+
+
 def step_records(out) -> list[dict]:
     """The per-step records of a run (not the per-epoch ones)."""
     return read_metrics(os.path.join(out, "metrics.jsonl"))

@@ -9,7 +9,7 @@ import torch
 
 from torch_reference import DCGAN
 
-from .helpers import TINY, cli_here, tiny_flags
+from .helpers import TINY, cli_here, tiny_flags, tiny_run
 
 
 def _fails(*args, match: str, code: int = 2):
@@ -22,9 +22,7 @@ def _fails(*args, match: str, code: int = 2):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("run")
-    cli_here("train", "--out", tmp / "run", "--quiet", *tiny_flags(tmp / "c", epochs=1))
-    return tmp / "run"
+    return tiny_run(tmp_path_factory.mktemp("run"), epochs=1)
 
 
 def test_convert_missing_file(tmp_path):

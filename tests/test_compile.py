@@ -263,6 +263,12 @@ def test_bad_flags_are_one_paragraph(tmp_path):
         assert done.stderr.count("\n") == 1 and done.stderr.startswith(
             "jax-dcgan compile: error: "), done.stderr  # one paragraph, no traceback
     assert (tmp_path / "f").read_text() == ""  # what was there is left as it was
+    # In a process of its own, as users start it: nothing from JAX's start (a plugin's
+    # traceback, a warning) comes before or after the paragraph.
+    done = subprocess.run([sys.executable, "-m", "jax_dcgan.cli", "compile", "--devices", "0"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and done.stderr.startswith(
+        "jax-dcgan compile: error: --devices must be at least 1"), done.stderr
 
 
 def test_tiny_config_compiles_for_every_gpu_target():

@@ -78,7 +78,7 @@ def _draw(rng: random.Random, root) -> list[str]:
     paths, number, count = _paths(root), lambda: rng.choice(NUMBERS), lambda: rng.choice(COUNTS)
     new = str(root / f"out{rng.randrange(10 ** 6)}")
     command = rng.choice(["train", "train", "sample", "eval", "convert-from", "convert-to",
-                          "bench", "data", "parity"])
+                          "bench", "data", "parity", "animate"])
     if command == "train":
         argv = ["train", "--out", rng.choice(paths + [new]), *TINY, "--cache-dir",
                 str(root / "cache")]
@@ -97,12 +97,14 @@ def _draw(rng: random.Random, root) -> list[str]:
                 rng.choice([new + ".png", str(root / "missing" / "g.png"), str(root / "empty")])]
         options = [["--num", count()], ["--noise", rng.choice(paths + [
             str(root / n) for n in ("noise_shape.npy", "noise_nan.npy", "noise_int.npy")])],
-                   ["--seed", number()], ["--bn", rng.choice(["running", "mean"])]]
+                   ["--seed", number()], ["--bn", rng.choice(["running", "mean"])],
+                   ["--interpolate", count()], ["--between", count()]]
     elif command == "eval":
         argv = ["eval", rng.choice(["--checkpoint", "--fake"]), rng.choice(paths),
                 "--cache-dir", str(root / "cache")]
         options = [["--num", count()], ["--no-fid"], ["--json"], ["--real", rng.choice(paths)],
-                   ["--fake", rng.choice(paths)], ["--image-size", number()]]
+                   ["--fake", rng.choice(paths)], ["--image-size", number()],
+                   ["--figure", rng.choice(paths + [new + ".png"])]]
     elif command == "convert-from":
         argv = ["convert", "--from-torch", rng.choice(paths), "--out", rng.choice(paths + [new])]
         options = [["--preset", rng.choice(["seed-relu", "nope"])]]
@@ -123,6 +125,10 @@ def _draw(rng: random.Random, root) -> list[str]:
                    ["--workers", count()], ["--image-size", number()],
                    ["--split", rng.choice(["train", "bogus"])], ["--crop-size", number()],
                    ["--num-synthetic", count()], ["--cache-dir", rng.choice(paths)]]
+    elif command == "animate":
+        argv = ["animate", rng.choice(paths)]
+        options = [["--out", rng.choice(paths + [new + ".webp"])], ["--every", count()],
+                   ["--frame-ms", count()]]
     else:
         argv = ["parity", "--checkpoint", rng.choice(paths), "--only", "architecture"]
         options = [["--preset", rng.choice(["seed-relu", "nope"])], ["--json"]]

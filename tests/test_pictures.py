@@ -5,8 +5,9 @@ import pytest
 from PIL import Image
 
 from jax_dcgan import pictures
+from jax_dcgan.errors import UserError
 
-from .helpers import cli_here, tiny_flags
+from .helpers import cli_here, tiny_flags, tiny_run
 
 # TINY's 16x16 images in the 8x8 grid of 64, 2 pixels apart: 8 x 18 + 2 = 146 pixels a side.
 
@@ -18,9 +19,7 @@ def png(path) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("pictures")
-    cli_here("train", "--out", tmp / "run", "--quiet", *tiny_flags(tmp / "cache", epochs=3))
-    return tmp / "run"
+    return tiny_run(tmp_path_factory.mktemp("pictures"), epochs=3)
 
 
 def test_a_run_ends_with_its_animation_and_real_beside_fake(run):
@@ -54,6 +53,12 @@ def test_animate_command_remakes_the_animation(run, tmp_path):
         assert len(frames) == 2
         for frame, epoch in zip(frames, (1, 3)):
             np.testing.assert_array_equal(frame, png(run / "samples" / f"epoch_{epoch:03d}.png"))
+    # A writer's temporary file beside the grids (left by a killed run) is not a grid.
+    (run / "samples" / "epoch_002.png.tmp-1-2.png").write_bytes(b"\x89PNG cut")
+    try:
+        assert pictures.animate_grids(run / "samples", tmp_path / "all.webp") == 3
+    finally:
+        (run / "samples" / "epoch_002.png.tmp-1-2.png").unlink()
     refused = cli_here("animate", tmp_path, check=False)
     assert refused.returncode == 2 and "has no epoch grids" in refused.stderr
     assert refused.stderr.count("\n") == 1 and not (tmp_path / pictures.ANIMATION).exists()
@@ -70,6 +75,9 @@ def test_slerp_passes_through_its_ends_on_the_sphere():
     path = pictures.interpolation_noise(np.stack([a, b, -a]), steps=4)
     assert path.shape == (9, 100)
     np.testing.assert_array_equal(path[[0, 4, 8]], np.stack([a, b, -a]))
+    for opposite in (-a, np.zeros_like(a)):  # no arc joins them: refused, not NaN or zero
+        with pytest.raises(UserError, match="opposite directions"):
+            pictures.slerp(a, opposite, 0.5)
 
 
 def test_sample_interpolate_writes_a_strip_and_its_animation(run, tmp_path):
@@ -83,11 +91,33 @@ def test_sample_interpolate_writes_a_strip_and_its_animation(run, tmp_path):
     for i, frame in enumerate(frames):  # scaled together: each frame is its tile of the strip
         np.testing.assert_array_equal(frame, strip[2:18, 2 + 18 * i:18 + 18 * i])
     assert not np.array_equal(frames[0], frames[-1])
+    # Each image is its own vector's: the walk's ends are what `sample --noise` gives them
+    # with running statistics, however many images lie between (to float32 rounding of
+    # other batch sizes, ~1e-7 in images within [-1, 1]).
+    ends = np.random.default_rng(1).standard_normal((2, 8)).astype(np.float32)
+    np.save(tmp_path / "ends.npy", ends)
+    walks = []
+    for between in (1, 3):
+        cli_here("sample", "--checkpoint", run, "--interpolate", 2, "--noise",
+                 tmp_path / "ends.npy", "--between", between, "--out",
+                 tmp_path / f"w{between}.png", "--save-array", tmp_path / f"w{between}.npy")
+        walks.append(np.load(tmp_path / f"w{between}.npy"))
+    cli_here("sample", "--checkpoint", run, "--noise", tmp_path / "ends.npy", "--bn",
+             "running", "--out", tmp_path / "ends.png", "--save-array", tmp_path / "ends_.npy")
+    np.testing.assert_allclose(walks[0][[0, -1]], np.load(tmp_path / "ends_.npy"), atol=1e-6)
+    np.testing.assert_allclose(walks[1][[0, -1]], walks[0][[0, -1]], atol=1e-6)
+    (tmp_path / "taken.webp").mkdir()
     for argv, message in ((["--num", 4], "leave out --num"),
-                          (["--between", 0], "--between must be at least 1")):
-        refused = cli_here("sample", "--checkpoint", run, "--interpolate", 3, *argv,
-                           "--out", tmp_path / "x.png", check=False)
-        assert refused.returncode == 2 and message in refused.stderr
+                          (["--between", 0], "--between must be at least 1"),
+                          (["--out", tmp_path / "x.webp"], "give the strip a .png name"),
+                          (["--out", tmp_path / "taken.png"], "which is a directory")):
+        refused = cli_here("sample", "--checkpoint", run, "--interpolate", 3, "--out",
+                           tmp_path / "x.png", *argv, check=False)
+        assert refused.returncode == 2 and message in refused.stderr, refused.stderr
+    refused = cli_here("sample", "--checkpoint", run, "--between", 2, "--out",
+                       tmp_path / "x.png", check=False)
+    assert refused.returncode == 2 and "give --interpolate N too" in refused.stderr
+    assert not (tmp_path / "x.png").exists() and not (tmp_path / "x.webp").exists()
     refused = cli_here("sample", "--checkpoint", run, "--interpolate", 1,
                        "--out", tmp_path / "x.png", check=False)
     assert refused.returncode == 2 and "at least 2" in refused.stderr
@@ -115,3 +145,23 @@ def test_eval_figure_puts_real_images_beside_the_scored_ones(tmp_path):
     refused = cli_here("eval", "--fake", tmp_path / "fake", "--real", tmp_path / "stats.npz",
                        "--figure", tmp_path / "no.png", check=False)
     assert refused.returncode == 2 and "--figure shows real images" in refused.stderr
+
+
+def test_progress_is_rewritten_during_the_run_and_capped_in_frames(tmp_path, monkeypatch):
+    """With the rewrite interval at 0, every epoch end rewrites progress.webp; with at most 2
+    frames, a run of 3 epochs shows the first and the last."""
+    from jax_dcgan import epoch_end
+
+    monkeypatch.setattr(epoch_end, "ANIMATION_SECONDS", 0.0)
+    monkeypatch.setattr(epoch_end, "ANIMATION_FRAMES", 2)
+    written = []
+    real_animate = pictures.animate_grids
+    monkeypatch.setattr(pictures, "animate_grids", lambda *a, **kw: written.append(
+        len(pictures.epoch_grids(a[0]))) or real_animate(*a, **kw))
+    cli_here("train", "--out", tmp_path / "run", "--quiet", *tiny_flags(tmp_path / "c", epochs=3))
+    assert written[:3] == [1, 2, 3]  # at each epoch end, as the grids come
+    frames = pictures.read_animation(tmp_path / "run" / pictures.ANIMATION)
+    assert len(frames) == 2
+    for frame, epoch in zip(frames, (1, 3)):
+        np.testing.assert_array_equal(frame, png(tmp_path / "run" / "samples" /
+                                                 f"epoch_{epoch:03d}.png"))
