@@ -16,7 +16,7 @@ import sys
 from jax_dcgan import __version__, runtime
 from jax_dcgan.config import (BENCH_VARIANTS, CONV_IMPLS, INT64, PRESETS, Config, check_seed,
                               flag, preset, read_config_file)
-from jax_dcgan.errors import TrainingStopped, UserError, error_line
+from jax_dcgan.errors import TrainingStopped, UserError, error_line, summarize
 
 # The comparisons of `jax-dcgan parity` (jax_dcgan.parity.CHECK_NAMES, without importing it).
 PARITY_CHECKS = ["architecture"] + [f"{impl}-{check}" for impl in ("matmul", "xla") for check in (
@@ -631,6 +631,11 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, TrainingStopped) as e:
         print(error_line(args.command, e), file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # training names its checkpoints itself; elsewhere, one paragraph
+        print(f"jax-dcgan {args.command}: error: a file could not be read or written "
+              f"({summarize(e)}); check the paths given, their permissions and the free "
+              "space.", file=sys.stderr)
+        return 1
     except MemoryError:
         print(f"jax-dcgan {args.command}: error: the host ran out of memory; smaller sizes "
               "(--batch-size, --image-size, --num, the dataset) need less.", file=sys.stderr)

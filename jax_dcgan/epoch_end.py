@@ -195,7 +195,7 @@ class EpochEnd:
         try:
             pictures.animate_grids(self.run.samples, self.run.file(pictures.ANIMATION),
                                    every=-(-grids // ANIMATION_FRAMES))
-        except UserError as e:
+        except (UserError, OSError) as e:  # a grid that does not read, a full disk
             warnings.warn(f"progress.webp is not updated: {e}")
 
     def final_pictures(self) -> None:

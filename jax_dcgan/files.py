@@ -26,8 +26,6 @@ def atomic_write(path: str, suffix: str = "") -> Iterator[str]:
     try:
         yield tmp
         os.replace(tmp, path)
-    except OSError as e:  # a full disk, a read-only folder: what was there stays
-        raise UserError(f"Cannot write {path!r}: {e.strerror or e}.") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

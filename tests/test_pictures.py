@@ -118,6 +118,12 @@ def test_sample_interpolate_writes_a_strip_and_its_animation(run, tmp_path):
                        tmp_path / "x.png", check=False)
     assert refused.returncode == 2 and "give --interpolate N too" in refused.stderr
     assert not (tmp_path / "x.png").exists() and not (tmp_path / "x.webp").exists()
+    # A folder where nothing can be written (even by root): one paragraph, exit 1.
+    for argv in (["sample", "--checkpoint", run, "--interpolate", 2, "--out", "/proc/w.png"],
+                 ["animate", run, "--out", "/proc/p.webp"]):
+        failed = cli_here(*argv, check=False)
+        assert failed.returncode == 1 and failed.stderr.count("\n") == 1, failed.stderr
+        assert "a file could not be read or written" in failed.stderr
     refused = cli_here("sample", "--checkpoint", run, "--interpolate", 1,
                        "--out", tmp_path / "x.png", check=False)
     assert refused.returncode == 2 and "at least 2" in refused.stderr
