@@ -122,7 +122,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         raise UserError(f"--interpolate {args.interpolate} walks between that many latent "
                         "points, at least 2" + (f"; {args.noise!r} holds {points}."
                                                 if args.noise else "."))
-    between = args.between if args.between is not None else 7
+    between = args.between if args.between is not None else pictures.BETWEEN
     count = (points - 1) * (between + 1) + 1 if args.interpolate else points
     runtime.check_images_fit(count, cfg.image_size, cfg.channels, asked=(
         f"--interpolate {points} --between {between}" if args.interpolate else ""))

@@ -17,17 +17,17 @@ from PIL import Image
 
 from jax_dcgan.errors import UserError
 from jax_dcgan.files import atomic_write
-from jax_dcgan.sample import make_grid, save_png, to_pixels
+from jax_dcgan.sample import make_grid, save_png, to_image, to_pixels
 
 ANIMATION = "progress.webp"
 FRAME_MS = 250  # a frame per epoch, four epochs a second
+BETWEEN = 7  # images between two points of a latent walk
 GAP = 8  # pixels between the real and the fake grids
 
 
 def save_animation(frames: list[np.ndarray], path: str, frame_ms: int = FRAME_MS) -> None:
     """uint8 HWC frames (RGB or grey) as a looping lossless animated WebP, atomically."""
-    pictures = [Image.fromarray(frame[..., 0] if frame.shape[-1] == 1 else frame)
-                for frame in frames]
+    pictures = [to_image(frame) for frame in frames]
     with atomic_write(path, ".webp") as tmp:
         pictures[0].save(tmp, format="WEBP", save_all=True, append_images=pictures[1:],
                          duration=frame_ms, loop=0, lossless=True)

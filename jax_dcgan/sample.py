@@ -87,10 +87,12 @@ def to_pixels(image: np.ndarray) -> np.ndarray:
     return np.clip(np.asarray(image) * 255 + 0.5, 0, 255).astype(np.uint8)
 
 
+def to_image(pixels: np.ndarray) -> Image.Image:
+    """uint8 HWC pixels (RGB or grey) as a PIL image."""
+    return Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+
+
 def save_png(image: np.ndarray, path: str) -> None:
     """Write a [0, 1] float HWC image as a PNG, atomically."""
-    pixels = to_pixels(image)
-    if pixels.shape[-1] == 1:
-        pixels = pixels[..., 0]
     with atomic_write(path, ".png") as tmp:
-        Image.fromarray(pixels).save(tmp)
+        to_image(to_pixels(image)).save(tmp)
