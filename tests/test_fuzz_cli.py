@@ -213,11 +213,13 @@ def sweep_bases(root: pathlib.Path) -> dict[str, list[str]]:
     cache = str(root / "cache")
     run = str(root / "run")
     data = ["--num-synthetic", "8", "--cache-dir", cache]
-    assert cli.main(["train", "--out", run, "--quiet", *SWEEP_TINY, *data, "--steps", "2"]) == 0
+    # One device and one step per call: one program to compile, none to time.
+    one_program = ["--devices", "1", "--steps-per-dispatch", "1"]
+    assert cli.main(["train", "--out", run, "--quiet", *SWEEP_TINY, *data, "--steps", "2",
+                     *one_program]) == 0
     return {
-        # One device and one step per call: one program to compile, none to time.
         "train": ["train", "--out", "{new}", "--quiet", *SWEEP_TINY, *data, "--steps", "1",
-                  "--devices", "1", "--steps-per-dispatch", "1"],
+                  *one_program],
         "sample": ["sample", "--checkpoint", run, "--out", "{new}.png"],
         "animate": ["animate", run, "--out", "{new}.webp"],
         "eval": ["eval", "--checkpoint", run, "--no-fid", "--num", "4", "--dataset",
