@@ -83,12 +83,15 @@ def train_and_evaluate(kind: str, flags: list[str], seed: int, out: str,
 
 
 def train(kind: str, flags: list[str], seed: int, out: str, a: argparse.Namespace) -> None:
-    """Train one run into `out`; a finished one is kept."""
+    """Train one run into `out`; a finished one (both trainers write model.pt last) is
+    kept, an interrupted JAX run resumed."""
+    if os.path.exists(os.path.join(out, "model.pt")):
+        return
     if kind == "jax":
         _run(*JAX_DCGAN, "train", "--out", out, "--quiet",
              "--resume", "--seed", str(seed), "--preset", "demo", "--epochs", str(a.epochs),
              "--cache-dir", a.cache, *flags)
-    elif not os.path.exists(os.path.join(out, "model.pt")):
+    else:
         from jax_dcgan import data
         from jax_dcgan.config import preset
 
