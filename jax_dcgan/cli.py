@@ -378,6 +378,7 @@ def cmd_parity(args: argparse.Namespace) -> int:
     if "jax" not in sys.modules:  # a CPU gets 4 devices, so that data parallelism is compared
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                    + " --xla_force_host_platform_device_count=4").strip()
+        runtime.threads_for_host_collectives()
     import dataclasses as dc
     import json
 
@@ -622,6 +623,7 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     runtime.quiet_absent_accelerators()
+    runtime.threads_for_host_collectives()
     if argv is None:  # a command line, not a call from Python, whose process is left as it was
         if args.command in HEAVY_COMMANDS:
             runtime.reexec_with_huge_pages()

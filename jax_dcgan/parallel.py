@@ -54,22 +54,31 @@ def replicate(tree: Any, devices: list) -> Any:
     return jax.tree.map(leaf, tree)
 
 
+@jax.jit
+def _without_leading_axis(tree: Any) -> Any:
+    return jax.tree.map(lambda x: x.reshape(x.shape[1:]), tree)
+
+
+def _copy(tree: Any, index: int) -> Any:
+    """The `index`-th addressable copy of a pmap tree, in one computation on its device: a
+    copy per leaf would queue a hundred small computations behind the running step, past the
+    32 that XLA's CPU client lets a device have in flight, and stall the loop there."""
+    return _without_leading_axis(jax.tree.map(lambda x: x.addressable_data(index), tree))
+
+
 def unreplicate(tree: Any) -> Any:
     """This process's first device's copy (indexing the global array would need every
     process to take part)."""
-    return jax.tree.map(lambda x: x.addressable_data(0).reshape(x.shape[1:])
-                        if isinstance(x, jax.Array) else x[0], tree)
+    return _copy(tree, 0)
 
 
 def to_replicated(tree: Any) -> Any:
     """A pmap state (one copy per local device, on a leading axis) -> per leaf one global
     array replicated over every process's devices: what orbax saves once for all."""
     sharding = replicated_sharding()
-
-    def leaf(x):
-        copies = [shard.data.reshape(x.shape[1:]) for shard in x.addressable_shards]
-        return jax.make_array_from_single_device_arrays(x.shape[1:], sharding, copies)
-    return jax.tree.map(leaf, tree)
+    copies = [_copy(tree, i) for i in range(len(jax.tree.leaves(tree)[0].addressable_shards))]
+    return jax.tree.map(lambda x, *local: jax.make_array_from_single_device_arrays(
+        x.shape[1:], sharding, list(local)), tree, *copies)
 
 
 class Layout:

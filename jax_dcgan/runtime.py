@@ -1,5 +1,6 @@
-"""How this process runs XLA: transparent huge pages for its host buffers on Linux, and
-JAX's persistent compilation cache; what it holds of the host (memory, open files).
+"""How this process runs XLA: transparent huge pages for its host buffers on Linux, threads
+enough for collectives over several CPU devices, and JAX's persistent compilation cache;
+what it holds of the host (memory, open files).
 
 Huge pages: XLA's CPU runtime allocates every step's intermediates afresh and glibc maps and
 unmaps them with 4 KiB pages: up to 70,000 page faults per step of the lecture's
@@ -21,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import sys
 from typing import Iterator
 
@@ -102,6 +104,30 @@ def quiet_absent_accelerators() -> None:
         for name, value in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_WORKER_HOSTNAMES", "localhost"),
                             ("TPU_ACCELERATOR_TYPE", "v5litepod-4")):
             os.environ.setdefault(name, value)
+
+
+def host_device_count() -> int:
+    """The CPU devices this process's environment asks XLA for (XLA_FLAGS'
+    --xla_force_host_platform_device_count, or JAX_NUM_CPU_DEVICES); 1 when it asks none."""
+    counts = re.findall(r"--xla_force_host_platform_device_count=(\d+)",
+                        os.environ.get("XLA_FLAGS", ""))
+    counts += re.findall(r"^\d+$", os.environ.get("JAX_NUM_CPU_DEVICES", "").strip())
+    return int(counts[-1]) if counts else 1
+
+
+def threads_for_host_collectives() -> None:
+    """With several CPU devices (the tests' 4, `jax-dcgan parity`'s), give XLA's CPU client a
+    thread per device beyond the cores. Call before JAX initialises its backends.
+
+    A collective over N CPU devices is N computations that wait for each other, each on one
+    of the client's threads, and the client has max(cores, N) of them (its NPROC environment
+    variable stands for the cores). With 4 devices on 2 cores, any other computation holding
+    a thread meanwhile (a batch gathered by the feeding thread while the loop copies a state
+    out) can leave a participant without one: the collective never completes, nothing frees
+    a thread, and the run freezes (one did so at an epoch end in the test suite)."""
+    devices = host_device_count()
+    if devices > 1:
+        os.environ.setdefault("NPROC", str((os.cpu_count() or 1) + devices))
 
 
 def enable_compilation_cache(cache_root: str) -> None:

@@ -331,3 +331,28 @@ def test_no_persistent_cache_stores_nothing_then_restores_the_cache():
     assert entries() == before and jax.config.jax_enable_compilation_cache
     jax.jit(lambda x: x * scale + 2)(np.float32(1)).block_until_ready()
     assert entries() - before
+
+
+COLLECTIVE_BESIDE_A_COPY = """
+import jax, jax.numpy as jnp
+from jax_dcgan import parallel, runtime
+runtime.threads_for_host_collectives()
+step = jax.pmap(lambda s, b: s + jax.lax.psum(jnp.tanh(b @ b.T).sum(), "d"), "d")
+batch, state = parallel.replicate((jnp.ones((256, 256)), jnp.zeros((100, 8))), jax.devices())
+for _ in range(100):  # a training step's collective, then a copy of 100 arrays out of it
+    state = step(state, batch)
+    copy = parallel.unreplicate([state] * 100)
+jax.block_until_ready(copy)
+"""
+
+
+def test_a_collective_over_four_cpu_devices_beside_another_computation_completes():
+    """A collective over 4 CPU devices needs 4 of XLA's client threads at once, and on 2 cores
+    the client had exactly 4: a copy running beside it took one, and the training loop froze
+    (a soak run, at an epoch end). Without `threads_for_host_collectives` this program hangs
+    here until XLA aborts it after 40 s (exit 134); with it, it ends in about a second."""
+    env = {k: v for k, v in os.environ.items() if k != "NPROC"}
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    done = subprocess.run([sys.executable, "-c", COLLECTIVE_BESIDE_A_COPY], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
