@@ -7,7 +7,7 @@ from PIL import Image
 from jax_dcgan import pictures
 from jax_dcgan.errors import UserError
 
-from .helpers import cli_here, tiny_flags, tiny_run
+from .helpers import cli_here, tiny_run
 
 # TINY's 16x16 images in the 8x8 grid of 64, 2 pixels apart: 8 x 18 + 2 = 146 pixels a side.
 
@@ -164,10 +164,9 @@ def test_progress_is_rewritten_during_the_run_and_capped_in_frames(tmp_path, mon
     real_animate = pictures.animate_grids
     monkeypatch.setattr(pictures, "animate_grids", lambda *a, **kw: written.append(
         len(pictures.epoch_grids(a[0]))) or real_animate(*a, **kw))
-    cli_here("train", "--out", tmp_path / "run", "--quiet", *tiny_flags(tmp_path / "c", epochs=3))
+    run = tiny_run(tmp_path, epochs=3)
     assert written[:3] == [1, 2, 3]  # at each epoch end, as the grids come
-    frames = pictures.read_animation(tmp_path / "run" / pictures.ANIMATION)
+    frames = pictures.read_animation(run / pictures.ANIMATION)
     assert len(frames) == 2
     for frame, epoch in zip(frames, (1, 3)):
-        np.testing.assert_array_equal(frame, png(tmp_path / "run" / "samples" /
-                                                 f"epoch_{epoch:03d}.png"))
+        np.testing.assert_array_equal(frame, png(run / "samples" / f"epoch_{epoch:03d}.png"))

@@ -319,18 +319,27 @@ def test_a_second_run_loads_its_step_programs_from_the_compilation_cache(tmp_pat
 
 def test_no_persistent_cache_stores_nothing_then_restores_the_cache():
     """The suite's cache is on in this process (conftest.py): off inside the block, nested
-    or not, and in use again after it."""
-    cache = jax.config.jax_compilation_cache_dir
-    entries = lambda: set(os.listdir(cache))  # noqa: E731
-    scale = float(np.random.default_rng().random())  # programs no earlier run has stored
-    before = entries()
-    with runtime.no_persistent_cache():
+    or not, and in use again after it. Told by JAX's own events rather than by the cache's
+    files, which the suite's other worker writes meanwhile."""
+    cache = "/jax/compilation_cache/compile_requests_use_cache"
+    requests = []
+
+    def listen(event, **kw):
+        if event == cache:
+            requests.append(event)
+
+    scale = float(np.random.default_rng().random())  # programs no earlier run has compiled
+    jax.monitoring.register_event_listener(listen)
+    try:
         with runtime.no_persistent_cache():
-            jax.jit(lambda x: x * scale + 1)(np.float32(1)).block_until_ready()
-        assert not jax.config.jax_enable_compilation_cache
-    assert entries() == before and jax.config.jax_enable_compilation_cache
-    jax.jit(lambda x: x * scale + 2)(np.float32(1)).block_until_ready()
-    assert entries() - before
+            with runtime.no_persistent_cache():
+                jax.jit(lambda x: x * scale + 1)(np.float32(1)).block_until_ready()
+            assert not jax.config.jax_enable_compilation_cache
+        assert requests == [] and jax.config.jax_enable_compilation_cache
+        jax.jit(lambda x: x * scale + 2)(np.float32(1)).block_until_ready()
+        assert requests == [cache]
+    finally:
+        jax.monitoring.unregister_event_listener(listen)
 
 
 COLLECTIVE_BESIDE_A_COPY = """
