@@ -17,15 +17,18 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=4").strip()
 threads_for_host_collectives()  # set for the tests' subprocesses too, which inherit it
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-# One persistent compilation cache for the whole suite, its workers' subprocesses included:
+# A persistent compilation cache for each pytest-xdist worker, its subprocesses included:
 # the suite compiles the same tiny step programs and FID's network in dozens of processes.
-# JAX writes an entry in place, so a size limit is set: with one, JAX reads and writes each
-# entry under a file lock, and one process never reads another's half-written entry. The
-# tests of the cache itself give their processes their own (tests/test_train.py).
-os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ.setdefault(
-    "JAX_DCGAN_TEST_XLA_CACHE", os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                             ".pytest_cache", "jax-dcgan", "xla"))
-os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(16 << 30))
+# Not one for all workers: JAX writes an entry in place, unlocked, while another process may
+# be reading it; with a size limit JAX locks each read and write, but then each write also
+# reads every entry's files to decide what to evict (2,800 entries by a suite run's end),
+# under the lock that both workers wait on. Set here in each worker (which inherits the
+# controller's environment), under $JAX_DCGAN_TEST_XLA_CACHE. The tests of the cache itself
+# give their processes their own (tests/test_train.py).
+os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(
+    os.environ.setdefault("JAX_DCGAN_TEST_XLA_CACHE", os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), ".pytest_cache", "jax-dcgan", "xla")),
+    os.environ.get("PYTEST_XDIST_WORKER", "main"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # The FID network's converted weights, made once per checkout rather than in the home cache.
 os.environ.setdefault("JAX_DCGAN_CACHE", os.path.join(os.path.dirname(os.path.abspath(__file__)),

@@ -60,9 +60,10 @@ def _without_leading_axis(tree: Any) -> Any:
 
 
 def _copy(tree: Any, index: int) -> Any:
-    """The `index`-th addressable copy of a pmap tree, in one computation on its device: a
-    copy per leaf would queue a hundred small computations behind the running step, past the
-    32 that XLA's CPU client lets a device have in flight, and stall the loop there."""
+    """The `index`-th addressable copy of a pmap tree (of jax.Arrays), in one computation on
+    its device: a copy per leaf would queue a hundred small computations behind the running
+    step, past the 32 that XLA's CPU client lets a device have in flight, and stall the loop
+    there."""
     return _without_leading_axis(jax.tree.map(lambda x: x.addressable_data(index), tree))
 
 
@@ -76,7 +77,7 @@ def to_replicated(tree: Any) -> Any:
     """A pmap state (one copy per local device, on a leading axis) -> per leaf one global
     array replicated over every process's devices: what orbax saves once for all."""
     sharding = replicated_sharding()
-    copies = [_copy(tree, i) for i in range(len(jax.tree.leaves(tree)[0].addressable_shards))]
+    copies = [_copy(tree, i) for i in range(jax.local_device_count())]
     return jax.tree.map(lambda x, *local: jax.make_array_from_single_device_arrays(
         x.shape[1:], sharding, list(local)), tree, *copies)
 

@@ -120,14 +120,21 @@ def threads_for_host_collectives() -> None:
     thread per device beyond the cores. Call before JAX initialises its backends.
 
     A collective over N CPU devices is N computations that wait for each other, each on one
-    of the client's threads, and the client has max(cores, N) of them (its NPROC environment
-    variable stands for the cores). With 4 devices on 2 cores, any other computation holding
-    a thread meanwhile (a batch gathered by the feeding thread while the loop copies a state
-    out) can leave a participant without one: the collective never completes, nothing frees
-    a thread, and the run freezes (one did so at an epoch end in the test suite)."""
+    of the client's threads, and the client has max(cores, N) of them (PJRT_NPROC, else
+    NPROC, stands for the cores). With 4 devices on 2 cores, a thread held by anything else
+    can leave a participant without one, and it stays so when that holder waits in turn: a
+    run froze at an epoch end, its feeding thread's batch launch waiting for room on a device
+    that the loop had filled with copies queued behind the starved collective. The extra
+    threads are headroom for such waiters, not a proof that none can form."""
     devices = host_device_count()
-    if devices > 1:
-        os.environ.setdefault("NPROC", str((os.cpu_count() or 1) + devices))
+    if devices < 2:
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    wanted = (cores or 1) + devices
+    given = next((os.environ[name] for name in ("PJRT_NPROC", "NPROC") if name in os.environ),
+                 "")
+    if not given.isdigit() or int(given) < wanted:
+        os.environ["PJRT_NPROC"] = str(wanted)
 
 
 def enable_compilation_cache(cache_root: str) -> None:
