@@ -348,7 +348,7 @@ from jax_dcgan import parallel, runtime
 runtime.threads_for_host_collectives()
 step = jax.pmap(lambda s, b: s + jax.lax.psum(jnp.tanh(b @ b.T).sum(), "d"), "d")
 batch, state = parallel.replicate((jnp.ones((256, 256)), jnp.zeros((100, 8))), jax.devices())
-for _ in range(100):  # a training step's collective, then a copy of 100 arrays out of it
+for _ in range(400):  # a training step's collective, then a copy of 100 arrays out of it
     state = step(state, batch)
     copy = parallel.unreplicate([state] * 100)
 jax.block_until_ready(copy)
@@ -359,8 +359,9 @@ def test_a_collective_over_four_cpu_devices_beside_another_computation_completes
     """A collective over 4 CPU devices needs 4 of XLA's client threads at once, and on 2 cores
     the client had exactly 4: a copy running beside it took one, and the training loop froze
     (a soak run, at an epoch end). The program runs pinned to 2 cores, so that the client
-    would get 4 threads on any machine: without `threads_for_host_collectives` it hangs here
-    until XLA aborts it after 40 s (exit 134, checked once); with it, it ends in ~2 s."""
+    would get 4 threads on any machine. Without `threads_for_host_collectives` it hung in 3
+    of 3 tries, until XLA aborted it after 40 s (SIGABRT; 100 steps instead of 400 hung in 2
+    of 5); with it, it ends in ~3 s."""
     env = {k: v for k, v in os.environ.items() if k not in ("NPROC", "PJRT_NPROC")}
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
     two_cores = set(sorted(os.sched_getaffinity(0))[:2])
