@@ -41,8 +41,8 @@ def _wait_for_steps(out, process, steps=1, timeout=300):
 
 def test_repeated_sigkill_at_random_steps_then_resume_is_bit_identical(tmp_path):
     """Three SIGKILLs, each once the run's records reach a random step (drawn further on each
-    time, near step 36 of 80 at most), then --resume to the end. Each kill lands with 44 or more
-    tiny steps still to run, with a checkpoint every 3 of them (measured 3.2 s here), against
+    time, near step 36 of 80 at most), then --resume to the end. Each kill lands with about 44
+    or more tiny steps still to run, a checkpoint every 3 of them (measured 3.2 s), against
     the ~0.05 s it takes to see the records and kill, so each process really is killed
     mid-run (its return code says so)."""
     flags = tiny_flags(tmp_path / "c", epochs=10, checkpoint_every=3)
