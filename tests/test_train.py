@@ -343,6 +343,8 @@ def test_no_persistent_cache_stores_nothing_then_restores_the_cache():
 
 
 COLLECTIVE_BESIDE_A_COPY = """
+import os
+os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:2])  # 2 cores, before XLA counts them
 import jax, jax.numpy as jnp
 from jax_dcgan import parallel, runtime
 runtime.threads_for_host_collectives()
@@ -358,14 +360,12 @@ jax.block_until_ready(copy)
 def test_a_collective_over_four_cpu_devices_beside_another_computation_completes():
     """A collective over 4 CPU devices needs 4 of XLA's client threads at once, and on 2 cores
     the client had exactly 4: a copy running beside it took one, and the training loop froze
-    (a soak run, at an epoch end). The program runs pinned to 2 cores, so that the client
+    (a soak run, at an epoch end). The program pins itself to 2 cores, so that the client
     would get 4 threads on any machine. Without `threads_for_host_collectives` it hung in 3
     of 3 tries, until XLA aborted it after 40 s (SIGABRT; 100 steps instead of 400 hung in 2
     of 5); with it, it ends in ~3 s."""
     env = {k: v for k, v in os.environ.items() if k not in ("NPROC", "PJRT_NPROC")}
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-    two_cores = set(sorted(os.sched_getaffinity(0))[:2])
     done = subprocess.run([sys.executable, "-c", COLLECTIVE_BESIDE_A_COPY], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300,
-                          preexec_fn=lambda: os.sched_setaffinity(0, two_cores))
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
