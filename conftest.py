@@ -6,16 +6,14 @@ be set before JAX is imported anywhere.
 
 import os
 
-from jax_dcgan.runtime import quiet_absent_accelerators, threads_for_host_collectives  # no JAX
+from jax_dcgan.runtime import force_host_devices, quiet_absent_accelerators  # imports no JAX
 
 # XLA's GPU compiler is installed for tests/test_compile.py, which compiles for GPUs without
 # using one: the suite runs on CPU devices wherever it runs, and on a machine without a GPU
 # the plugin must not log a traceback at every JAX start (the command line does the same).
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 quiet_absent_accelerators()
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=4").strip()
-threads_for_host_collectives()  # set for the tests' subprocesses too, which inherit it
+force_host_devices(4)  # the tests' subprocesses inherit the setting
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # A persistent compilation cache for each pytest-xdist worker, its subprocesses included:
 # the suite compiles the same tiny step programs and FID's network in dozens of processes.

@@ -376,9 +376,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> None:
 
 def cmd_parity(args: argparse.Namespace) -> int:
     if "jax" not in sys.modules:  # a CPU gets 4 devices, so that data parallelism is compared
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                                   + " --xla_force_host_platform_device_count=4").strip()
-        runtime.threads_for_host_collectives()
+        runtime.force_host_devices(4)
     import dataclasses as dc
     import json
 

@@ -115,6 +115,14 @@ def host_device_count() -> int:
     return int(counts[-1]) if counts else 1
 
 
+def force_host_devices(count: int) -> None:
+    """`count` CPU devices for this process and its children, with threads enough for their
+    collectives. Call before JAX initialises its backends."""
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + f" --xla_force_host_platform_device_count={count}").strip()
+    threads_for_host_collectives()
+
+
 def threads_for_host_collectives() -> None:
     """With several CPU devices (the tests' 4, `jax-dcgan parity`'s), give XLA's CPU client a
     thread per device beyond the cores. Call before JAX initialises its backends.

@@ -319,8 +319,8 @@ def test_a_second_run_loads_its_step_programs_from_the_compilation_cache(tmp_pat
 
 def test_no_persistent_cache_stores_nothing_then_restores_the_cache():
     """The suite's cache is on in this process (conftest.py): off inside the block, nested
-    or not, and in use again after it. Told by JAX's own events rather than by the cache's
-    files, which the suite's other worker writes meanwhile."""
+    or not, and in use again after it. Told by JAX's own events, which record each decision
+    to use the cache, rather than by the cache's files, which other tests' processes write."""
     cache = "/jax/compilation_cache/compile_requests_use_cache"
     requests = []
 
