@@ -35,6 +35,7 @@ demo: $(VENV)/.demo
 	$(BIN)/jax-dcgan train --preset demo --out $(DEMO_OUT) --resume
 
 test: $(VENV)/.test
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=20
 
 clean:

@@ -6,7 +6,7 @@ be set before JAX is imported anywhere.
 
 import os
 
-from jax_dcgan.runtime import force_host_devices, quiet_absent_accelerators  # imports no JAX
+from jax_dcgan.common.runtime import force_host_devices, quiet_absent_accelerators  # imports no JAX
 
 # XLA's GPU compiler is installed for tests/test_compile.py, which compiles for GPUs without
 # using one: the suite runs on CPU devices wherever it runs, and on a machine without a GPU

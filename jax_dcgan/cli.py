@@ -13,12 +13,14 @@ import dataclasses
 import os
 import sys
 
-from jax_dcgan import __version__, runtime
+from jax_dcgan import __version__
+
+from jax_dcgan.common import runtime
 from jax_dcgan.config import (BENCH_VARIANTS, CONV_IMPLS, INT64, PRESETS, Config, check_seed,
                               flag, preset, read_config_file)
-from jax_dcgan.errors import TrainingStopped, UserError, error_line, summarize
+from jax_dcgan.common.errors import TrainingStopped, UserError, error_line, summarize
 
-# The comparisons of `jax-dcgan parity` (jax_dcgan.parity.CHECK_NAMES, without importing it).
+# The comparisons of `jax-dcgan parity` (jax_dcgan.tools.parity.CHECK_NAMES, without importing it).
 PARITY_CHECKS = ["architecture"] + [f"{impl}-{check}" for impl in ("matmul", "xla") for check in (
     "layers", "forward", "gradients", "one-step", "many-steps")] + [
     "matmul-vs-xla", "multi-device", "default-precision"]
@@ -110,12 +112,13 @@ def _load_noise(path: str, latent_dim: int, num: int | None):
 def cmd_sample(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from jax_dcgan import checkpoint, pictures, sample
+    from jax_dcgan.outputs import pictures, sample
 
+    from jax_dcgan.training import checkpoint
     _positive(args, "num", "interpolate", "between")
     check_seed("seed", args.seed)
     animation = _check_walk_flags(args)
-    state, cfg = checkpoint.load(args.checkpoint)
+    state, cfg = checkpoint.load_checkpoint(args.checkpoint)
     noise = _load_noise(args.noise, cfg.latent_dim, args.num) if args.noise else None
     points = len(noise) if noise is not None else args.interpolate or args.num or 64
     if args.interpolate and (points != args.interpolate or points < 2):
@@ -168,8 +171,7 @@ def _check_walk_flags(args: argparse.Namespace) -> str | None:
 
 
 def cmd_animate(args: argparse.Namespace) -> None:
-    from jax_dcgan import pictures
-
+    from jax_dcgan.outputs import pictures
     if not 1 <= args.frame_ms <= 60_000:
         raise UserError(f"--frame-ms must lie in 1..60000 (a minute a frame at most), got "
                         f"{args.frame_ms}.")
@@ -181,13 +183,13 @@ def cmd_animate(args: argparse.Namespace) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
-    from jax_dcgan import checkpoint, convert
-
+    from jax_dcgan.model import convert
+    from jax_dcgan.training import checkpoint
     if args.from_torch:
         import jax
         import numpy as np
 
-        from jax_dcgan.step import create_train_state
+        from jax_dcgan.model.step import create_train_state
 
         if os.path.isfile(args.out) or (os.path.isdir(args.out) and os.listdir(args.out)):
             raise UserError(f"{args.out!r} exists (a file, or a directory that is not empty); "
@@ -205,7 +207,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
               f"(latent {cfg.latent_dim}, widths {cfg.gen_features}/{cfg.dis_features}, "
               f"{cfg.image_size}x{cfg.image_size})")
     else:
-        state, cfg = checkpoint.load(args.to_torch)
+        state, cfg = checkpoint.load_checkpoint(args.to_torch)
         convert.save_torch_file(convert.to_state_dict(
             {"generator": state.generator, "discriminator": state.discriminator}, cfg.model),
             args.out)
@@ -215,8 +217,9 @@ def cmd_convert(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     import json
 
-    from jax_dcgan import checkpoint, metrics
+    from jax_dcgan.quality import metrics
 
+    from jax_dcgan.training import checkpoint
     _positive(args, "num", minimum=2)
     _positive(args, "image_size")
     check_seed("seed", args.seed)
@@ -224,7 +227,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if not args.no_fid:
         metrics.check_inception(args.inception)  # before any work: say at once what is missing
     reference = metrics.Reference.load(args.real) if _is_statistics(args.real) else None
-    state, cfg = checkpoint.load(args.checkpoint) if args.checkpoint else (None, Config())
+    state, cfg = checkpoint.load_checkpoint(args.checkpoint) if args.checkpoint else (None, Config())
     cfg = cfg.replace(**{k: getattr(args, k) for k in ("dataset", "data_dir", "split",
                                                         "crop_size", "num_synthetic",
                                                         "cache_dir", "image_size", "fid_mode")
@@ -239,8 +242,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     else:
         result = metrics.evaluate(real, fake, args.seed, network)
     if args.figure:  # once the scores stand: a failure before leaves an old figure as it was
-        from jax_dcgan import pictures, sample
-
+        from jax_dcgan.outputs import pictures, sample
         sample.save_png(pictures.real_beside_fake(real[:sample.GRID_IMAGES],
                                                   fake[:sample.GRID_IMAGES]), args.figure)
     if state is not None:
@@ -265,15 +267,16 @@ def _eval_images(args: argparse.Namespace, cfg: Config, state, with_real: bool):
     a folder's or the dataset's, both through the lecture's crop and resize."""
     import numpy as np
 
-    from jax_dcgan import data, sample
+    from jax_dcgan.data import dataset
 
+    from jax_dcgan.outputs import sample
     def folder(path: str) -> np.ndarray:  # cached as a dataset
-        return data.load_dataset(cfg.replace(dataset="folder", data_dir=path, split="all")
+        return dataset.load_dataset(cfg.replace(dataset="folder", data_dir=path, split="all")
                                  .validate())
 
     real = None
     if with_real:
-        real = folder(args.real) if args.real else data.load_dataset(cfg.validate())
+        real = folder(args.real) if args.real else dataset.load_dataset(cfg.validate())
     if state is None:
         fake = folder(args.fake)[:args.num]
     else:
@@ -317,20 +320,19 @@ def _check_eval_sources(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from jax_dcgan import distributed, train
-
+    from jax_dcgan.training import distributed
+    from jax_dcgan.training.loop import train
     cfg = config_from_args(args)
     _positive(args, "heartbeat_timeout")
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
                            args.distributed, args.heartbeat_timeout)
-    train.train(cfg, args.out, resume=args.resume, quiet=args.quiet)
+    train(cfg, args.out, resume=args.resume, quiet=args.quiet)
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
     import jax
 
-    from jax_dcgan import bench
-
+    from jax_dcgan.tools import bench
     if args.batch_size is None:  # the lecture's 128 where it fits in time, 32 on a CPU
         args.batch_size = 32 if jax.default_backend() == "cpu" else 128
     _positive(args, "steps", "repeats", "fid")
@@ -347,8 +349,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_compile(args: argparse.Namespace) -> None:
-    from jax_dcgan import aot
-
+    from jax_dcgan.tools import aot
     if min(args.devices) < 1:
         raise UserError(f"--devices must be at least 1, got {min(args.devices)}.")
     _output_paths(args)
@@ -364,11 +365,10 @@ def cmd_compile(args: argparse.Namespace) -> None:
 def cmd_data_prepare(args: argparse.Namespace) -> None:
     import os
 
-    from jax_dcgan import data
-
+    from jax_dcgan.data import dataset
     _positive(args, "workers")
     cfg = config_from_args(args)
-    images = data.load_dataset(cfg, workers=args.workers, quiet=args.quiet)
+    images = dataset.load_dataset(cfg, workers=args.workers, quiet=args.quiet)
     print(f"{cfg.dataset} ({cfg.split} split): {images.shape[0]} images of "
           f"{'x'.join(map(str, images.shape[1:]))} in {os.path.dirname(images.filename)}; "
           "train finds them there with the same --cache-dir and data flags.")
@@ -384,8 +384,9 @@ def cmd_parity(args: argparse.Namespace) -> int:
 
     import jax
 
-    from jax_dcgan import convert, parity
+    from jax_dcgan.model import convert
 
+    from jax_dcgan.tools import parity
     cfg, state_dict = preset(args.preset) if args.preset else Config(), None
     if args.checkpoint:
         state_dict = convert.load_torch_file(args.checkpoint)
@@ -473,7 +474,7 @@ def _add_bench_command(sub) -> None:
 
 
 def _add_compile_command(sub) -> None:
-    from jax_dcgan.targets import TARGETS  # imports no JAX
+    from jax_dcgan.tools.targets import TARGETS  # imports no JAX
 
     p = sub.add_parser("compile", help="compile the training step for a GPU or TPU this machine "
                                        "need not have, and predict its speed")

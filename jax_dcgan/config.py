@@ -13,7 +13,7 @@ import math
 import os
 from typing import Any
 
-from jax_dcgan.errors import UserError, summarize
+from jax_dcgan.common.errors import UserError, summarize
 
 
 def _field(default: Any, help: str, **choices: Any) -> Any:

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from jax_dcgan.convert import config_for_state_dict, from_state_dict, to_state_dict
-from jax_dcgan.models import init_variables
+from jax_dcgan.model.convert import config_for_state_dict, from_state_dict, to_state_dict
+from jax_dcgan.model.networks import init_variables
 from torch_reference import DCGAN
 
-from jax_dcgan.parity import SEED_CFG, SMALL_CFG, state_dict_numpy, torch_model
+from jax_dcgan.tools.parity import SEED_CFG, SMALL_CFG, state_dict_numpy, torch_model
 from tests.helpers import cli_here
 
 LECTURE_KEYS = (

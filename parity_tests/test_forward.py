@@ -5,9 +5,9 @@ eval mode in both convolution backends: the `architecture` and `forward` rows of
 import pytest
 import torch
 
-from jax_dcgan import parity
-from jax_dcgan.models import torch_layer_indices
-from jax_dcgan.parity import CONV_IMPLS, SEED_CFG
+from jax_dcgan.tools import parity
+from jax_dcgan.model.networks import torch_layer_indices
+from jax_dcgan.tools.parity import CONV_IMPLS, SEED_CFG
 from torch_reference import DCGAN
 
 from .test_layers import assert_pass

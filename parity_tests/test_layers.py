@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from jax_dcgan import parity
-from jax_dcgan.layers import BatchNorm
-from jax_dcgan.parity import CONV_IMPLS, nchw
+from jax_dcgan.tools import parity
+from jax_dcgan.model.layers import BatchNorm
+from jax_dcgan.tools.parity import CONV_IMPLS, nchw
 
 ATOL = 2e-5  # float32 sums of a few hundred O(1) products round at ~1e-6 (measured 1.3e-6)
 

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from jax_dcgan import parity
+from jax_dcgan.tools import parity
 from jax_dcgan.config import Config, preset
-from jax_dcgan.layers import BatchNorm, dcgan_normal, torch_uniform
-from jax_dcgan.sample import GRID_IMAGES
-from jax_dcgan.step import (create_train_state, draw_step_randomness, jit_train_steps,
+from jax_dcgan.model.layers import BatchNorm, dcgan_normal, torch_uniform
+from jax_dcgan.outputs.sample import GRID_IMAGES
+from jax_dcgan.model.step import (create_train_state, draw_step_randomness, jit_train_steps,
                             metrics_dict, step_key)
 from torch_reference import DCGAN, make_optimizers, train_step
 

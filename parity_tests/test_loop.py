@@ -8,12 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from jax_dcgan import cli, data, parity
-from jax_dcgan.convert import save_torch_file, to_state_dict
-from jax_dcgan.parity import float64, state_dict_numpy, torch_model, torch_noise
-from jax_dcgan.sample import GRID_IMAGES, draw_noise
-from jax_dcgan.step import METRICS, create_train_state, draw_step_randomness
-from jax_dcgan.train import train
+from jax_dcgan import cli
+
+from jax_dcgan.data import dataset
+
+from jax_dcgan.tools import parity
+from jax_dcgan.model.convert import save_torch_file, to_state_dict
+from jax_dcgan.tools.parity import float64, state_dict_numpy, torch_model, torch_noise
+from jax_dcgan.outputs.sample import GRID_IMAGES, draw_noise
+from jax_dcgan.model.step import METRICS, create_train_state, draw_step_randomness
+from jax_dcgan.training.loop import train
 from torch_reference import make_optimizers
 from torch_reference.train import lecture_loop
 from tests.helpers import TINY, step_records
@@ -46,10 +50,10 @@ def test_the_whole_loop_is_the_lectures_loop_in_float64(tmp_path):
         model = torch_model(cfg, dtype=torch.float64, state_dict=to_state_dict(
             {"generator": start.generator, "discriminator": start.discriminator}, cfg.model))
         optimizers = make_optimizers(model, cfg.lr_g, cfg.lr_d, (cfg.beta1, cfg.beta2), cfg.eps)
-        images = data.load_dataset(cfg, quiet=True)
+        images = dataset.load_dataset(cfg, quiet=True)
         records = list(lecture_loop(
             model, optimizers, images, cfg.epochs, cfg.batch_size,
-            order=lambda epoch: data.epoch_order(cfg.seed, epoch, len(images)),
+            order=lambda epoch: dataset.epoch_order(cfg.seed, epoch, len(images)),
             grid_noise=torch_noise(draw_noise(cfg.latent_dim, GRID_IMAGES, cfg.seed),
                                    torch.float64),
             noise=lambda step: torch_noise(draw_step_randomness(

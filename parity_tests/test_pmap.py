@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_dcgan.parallel import device_sharding, replicate
-from jax_dcgan.step import create_train_state, jit_train_steps, pmap_train_steps
+from jax_dcgan.training.parallel import device_sharding, replicate
+from jax_dcgan.model.step import create_train_state, jit_train_steps, pmap_train_steps
 
-from jax_dcgan.parity import SEED_CFG, SMALL_CFG, float64, images
+from jax_dcgan.tools.parity import SEED_CFG, SMALL_CFG, float64, images
 
 DEVICES = 4
 

@@ -20,9 +20,9 @@ import zipfile
 
 from PIL import Image
 
-from jax_dcgan import celeba, data
+from jax_dcgan.data import celeba, dataset
 from jax_dcgan.config import Config
-from jax_dcgan.synthetic import draw_face
+from jax_dcgan.data.synthetic import draw_face
 
 CELEBA_IMAGES = 202_599
 
@@ -56,7 +56,7 @@ def main() -> None:
         celeba.download = lambda root, quiet=False: files  # the files are already here
         cfg = Config(dataset="celeb_a", data_dir=tmp, cache_dir=os.path.join(tmp, "cache"))
         start = time.perf_counter()
-        images = data.load_dataset(cfg, workers=args.workers)
+        images = dataset.load_dataset(cfg, workers=args.workers)
         seconds = time.perf_counter() - start
     rate = len(images) / seconds
     print(f"{len(images)} images of {mean_bytes / 1e3:.1f} KB on {os.cpu_count()} cores: "

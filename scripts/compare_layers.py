@@ -5,7 +5,7 @@ a shared host, where separate runs of `jax-dcgan bench` differ by more than a
 rearrangement's share of the step) hits both alike:
 
     git worktree add /tmp/old <commit>
-    python scripts/compare_layers.py /tmp/old/jax_dcgan/layers.py --repeats 6
+    python scripts/compare_layers.py /tmp/old/jax_dcgan/model/layers.py --repeats 6
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import time
 import jax
 import numpy as np
 
-from jax_dcgan import layers
+from jax_dcgan.model import layers
 from jax_dcgan.config import Config
-from jax_dcgan.step import create_train_state, jit_train_steps
+from jax_dcgan.model.step import create_train_state, jit_train_steps
 
 
 def load(path: str):
@@ -34,7 +34,7 @@ def load(path: str):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("other", help="the other version's jax_dcgan/layers.py")
+    parser.add_argument("other", help="the other version's jax_dcgan/model/layers.py")
     parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32)

@@ -30,13 +30,13 @@ WORKER = r"""
 import json, sys, tempfile, time
 import jax, numpy as np
 from jax_dcgan.config import Config
-from jax_dcgan.step import create_train_state, jit_train_steps
+from jax_dcgan.model.step import create_train_state, jit_train_steps
 options = json.loads(sys.argv[1])
 cfg = Config(batch_size=options["batch_size"], gen_features=options["width"],
              dis_features=options["width"], image_size=options["image_size"])
 if options["loop"]:
-    from jax_dcgan.plots import read_metrics
-    from jax_dcgan.train import train
+    from jax_dcgan.outputs.plots import read_metrics
+    from jax_dcgan.training.loop import train
     cfg = cfg.replace(num_synthetic=cfg.batch_size * options["epoch_steps"], epochs=3,
                       cache_dir=tempfile.mkdtemp())
     print("ready", flush=True)

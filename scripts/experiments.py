@@ -92,10 +92,10 @@ def train(kind: str, flags: list[str], seed: int, out: str, a: argparse.Namespac
              "--resume", "--seed", str(seed), "--preset", "demo", "--epochs", str(a.epochs),
              "--cache-dir", a.cache, *flags)
     else:
-        from jax_dcgan import data
+        from jax_dcgan.data import dataset
         from jax_dcgan.config import preset
 
-        images = data.load_dataset(preset("demo").replace(cache_dir=a.cache), quiet=True)
+        images = dataset.load_dataset(preset("demo").replace(cache_dir=a.cache), quiet=True)
         _run(sys.executable, "-m", "torch_reference.train", "--images", images.filename,
              "--out", out, "--epochs", str(a.epochs), "--seed", str(seed))
 
@@ -199,7 +199,7 @@ def compare(samples: dict[str, tuple[list[float], list[float]]], alpha: float = 
 
 def report(name: str, results: dict[str, list[dict]]) -> dict:
     """Mean and spread per group, the first two groups compared (`compare`), loss plot."""
-    from jax_dcgan.plots import plot_curves, running_average
+    from jax_dcgan.outputs.plots import plot_curves, running_average
 
     summary = {}
     for group, runs in results.items():
@@ -230,10 +230,11 @@ def report(name: str, results: dict[str, list[dict]]) -> dict:
 
 def reference_points(a: argparse.Namespace) -> dict:
     """The scale of SWD, FID and KID here: real vs other real images, and real vs noise."""
-    from jax_dcgan import data, metrics
+    from jax_dcgan.data import dataset
+    from jax_dcgan.quality import metrics
     from jax_dcgan.config import preset
 
-    images = data.load_dataset(preset("demo").replace(cache_dir=a.cache), quiet=True)
+    images = dataset.load_dataset(preset("demo").replace(cache_dir=a.cache), quiet=True)
     rng = np.random.default_rng(0)
     chosen = rng.permutation(len(images))[:2 * a.samples]
     real, other = (np.asarray(images[np.sort(chosen[i::2])]) for i in (0, 1))

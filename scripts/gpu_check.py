@@ -110,7 +110,7 @@ def run_phase(name: str, args: list[str], limit: float, out: str) -> dict:
 def train_rate(run: str) -> dict:
     """Images/s of the training loop over the second half of its steps (after compilation and
     warm-up), from the rates in its own metrics, and the choices the loop made."""
-    from jax_dcgan.plots import read_metrics, steady_images_per_s  # imports no JAX
+    from jax_dcgan.outputs.plots import read_metrics, steady_images_per_s  # imports no JAX
 
     records = read_metrics(os.path.join(run, "metrics.jsonl"))
     with open(os.path.join(run, "run.json")) as f:
@@ -199,7 +199,7 @@ def summary(results: dict, smoke: bool) -> str:
     fid = results.get("fid", {})
     lines += ["", "## FID's Inception network (`jax-dcgan bench --fid`)", ""]
     if "rows" in fid:
-        from jax_dcgan.bench import format_fid  # imports JAX; the results exist, so it runs
+        from jax_dcgan.tools.bench import format_fid  # imports JAX; the results exist, so it runs
 
         lines += ["```", format_fid(fid), "```"]
     else:

@@ -5,7 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from jax_dcgan import bench, runtime
+from jax_dcgan.common import runtime
+
+from jax_dcgan.tools import bench
 from jax_dcgan.config import BENCH_VARIANTS
 
 from .helpers import cli, cli_here

@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_dcgan.models import Generator
-from jax_dcgan.plots import read_metrics
-from jax_dcgan.train import train
+from jax_dcgan.model.networks import Generator
+from jax_dcgan.outputs.plots import read_metrics
+from jax_dcgan.training.loop import train
 
 from .helpers import TINY
 
@@ -39,7 +39,7 @@ def test_bfloat16_stays_within_a_bound_of_float32():
     4.2e-3), D's logits by 4.4e-4 and 8.3e-3 (at a batch of 64: 2.2e-3, 4.6e-2, 6.0e-4,
     1.0e-2); held to 10x those of the batch of 64."""
     from jax_dcgan.config import Config
-    from jax_dcgan.models import Discriminator, init_variables
+    from jax_dcgan.model.networks import Discriminator, init_variables
 
     cfg = Config()
     variables = init_variables(cfg.model, jax.random.PRNGKey(0))

@@ -20,9 +20,11 @@ from PIL import Image
 from tensorflow_datasets.core.download import checksums
 from tensorflow_datasets.datasets.celeb_a import celeb_a_dataset_builder as celeb_a_builder
 
-from jax_dcgan import celeba, cli, data
+from jax_dcgan import cli
+
+from jax_dcgan.data import celeba, dataset
 from jax_dcgan.config import Config
-from jax_dcgan.synthetic import draw_face
+from jax_dcgan.data.synthetic import draw_face
 
 from .helpers import tiny_flags
 
@@ -174,9 +176,9 @@ def test_prepare_then_train_offline(originals, tmp_path, monkeypatch, capsys):
         z.extractall(folder)
     os.replace(originals[celeb_a_builder.EVAL_LIST], folder / celeba.PARTITION_FILE)
     for split in ("train", "test"):
-        ours = data.load_dataset(Config(dataset="celeb_a", data_dir=str(tfds_dir), split=split,
+        ours = dataset.load_dataset(Config(dataset="celeb_a", data_dir=str(tfds_dir), split=split,
                                         cache_dir=str(cache), image_size=16), quiet=True)
-        theirs = data.load_dataset(Config(dataset="folder", split=split, image_size=16,
+        theirs = dataset.load_dataset(Config(dataset="folder", split=split, image_size=16,
                                           data_dir=str(folder / "img_align_celeba"),
                                           cache_dir=str(cache)), quiet=True)
         np.testing.assert_array_equal(ours, theirs)
@@ -278,7 +280,7 @@ def test_records_prepared_by_tfds_are_read_when_present(tmp_path):
     cfg = Config(dataset="celeb_a", data_dir=str(tmp_path / "tfds"), cache_dir=str(tmp_path),
                  image_size=32)
     with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
-        images = data.load_dataset(cfg, quiet=True)
+        images = dataset.load_dataset(cfg, quiet=True)
     assert images.shape == (12, 32, 32, 3)
     (cache,) = [d for d in os.listdir(tmp_path) if d.startswith("celeb_a-")]
     assert "tfds-array_record" in (tmp_path / cache / "manifest.json").read_text()

@@ -147,7 +147,6 @@ def test_config_file_values_are_typed(tmp_path):
 
 def test_version():
     from jax_dcgan import __version__
-
     assert cli_here("--version").stdout.strip() == f"jax-dcgan {__version__}"
 
 
@@ -157,7 +156,6 @@ def test_version():
     (["sample", "--checkpoint", "nowhere", "--out", "g.png"], False)])
 def test_only_heavy_commands_restart_with_huge_pages(monkeypatch, argv, reexecs):
     from jax_dcgan import cli as cli_module
-
     calls = []
     monkeypatch.setattr(cli_module.runtime, "reexec_with_huge_pages", lambda: calls.append(1))
     monkeypatch.setattr(cli_module, "_quiet_libraries", lambda: None)  # this process's logging

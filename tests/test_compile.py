@@ -17,10 +17,12 @@ import jax.numpy as jnp
 import pytest
 from flax import linen as nn
 
-from jax_dcgan import aot, runtime, targets
+from jax_dcgan.common import runtime
+
+from jax_dcgan.tools import aot, targets
 from jax_dcgan.config import Config
-from jax_dcgan.errors import UserError
-from jax_dcgan.hlo import Program
+from jax_dcgan.common.errors import UserError
+from jax_dcgan.tools.hlo import Program
 
 from .helpers import ROOT, TINY, cli_here
 

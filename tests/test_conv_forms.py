@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from jax_dcgan.step import create_train_state, jit_train_steps
+from jax_dcgan.model.step import create_train_state, jit_train_steps
 
 from .helpers import TINY
 

@@ -16,9 +16,9 @@ import jax
 import numpy as np
 import pytest
 
-from jax_dcgan import checkpoint, distributed
-from jax_dcgan.distributed import PeerWatch
-from jax_dcgan.errors import Interrupted, ProcessLost
+from jax_dcgan.training import checkpoint, distributed
+from jax_dcgan.training.distributed import PeerWatch
+from jax_dcgan.common.errors import Interrupted, ProcessLost
 
 from .helpers import ROOT, assert_identical, cli_here, tiny_flags
 from .helpers import final_state as saved_arrays
@@ -59,7 +59,7 @@ def launch_two(out, cache, steps: int, *extra: str, **changes) -> list[str]:
 
 
 def final_state(run):
-    state, _ = checkpoint.load(str(run))
+    state, _ = checkpoint.load_checkpoint(str(run))
     assert int(state.step) == STEPS
     return state
 

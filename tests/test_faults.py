@@ -14,11 +14,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jax_dcgan import checkpoint, data, metrics, parallel
+from jax_dcgan.data import dataset
+
+from jax_dcgan.quality import metrics
+
+from jax_dcgan.training import checkpoint, parallel
 from jax_dcgan.config import Config
-from jax_dcgan.errors import Diverged, UserError
-from jax_dcgan.step import METRICS
-from jax_dcgan.train import train
+from jax_dcgan.common.errors import Diverged, UserError
+from jax_dcgan.model.step import METRICS
+from jax_dcgan.training.loop import train
 
 from .helpers import (ROOT, TINY, assert_identical, cli_here, final_state, records, step_records,
                       tiny_flags)
@@ -60,7 +64,7 @@ def test_repeated_sigkill_at_random_steps_then_resume_is_bit_identical(tmp_path)
         assert reached < 80
         latest = checkpoint.Checkpoints(str(tmp_path / "killed" / "checkpoints")).latest_step()
         if latest is not None:
-            checkpoint.load(str(tmp_path / "killed"))  # the last complete checkpoint loads
+            checkpoint.load_checkpoint(str(tmp_path / "killed"))  # the last complete checkpoint loads
     cli_here("train", "--out", tmp_path / "killed", "--quiet", "--resume", *flags)
     assert_identical(final_state(tmp_path / "whole"), final_state(tmp_path / "killed"))
     steps = [r["step"] for r in step_records(tmp_path / "killed")]
@@ -108,7 +112,7 @@ def test_nonfinite_losses_stop_and_keep_the_last_good_checkpoint(tmp_path, monke
         train(cfg, str(tmp_path / "run"), quiet=True)
     assert "step 4" in str(e.value)  # the checkpoint kept
     assert checkpoint.Checkpoints(str(tmp_path / "run" / "checkpoints")).latest_step() == 4
-    checkpoint.load(str(tmp_path / "run"))
+    checkpoint.load_checkpoint(str(tmp_path / "run"))
 
 
 def test_nonfinite_losses_roll_back_and_continue(tmp_path, monkeypatch):
@@ -152,7 +156,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypa
     monkeypatch.setattr(checkpoint.ocp.CheckpointManager, "save", full)
     with pytest.raises(UserError, match="No space left on device.*step 4 is intact"):
         train(TINY.replace(cache_dir=str(tmp_path / "c")), str(tmp_path / "run"), quiet=True)
-    state, _ = checkpoint.load(str(tmp_path / "run"))
+    state, _ = checkpoint.load_checkpoint(str(tmp_path / "run"))
     assert int(state.step) == 4
 
 
@@ -170,23 +174,23 @@ def test_unreadable_files_are_skipped_counted_and_reported(tmp_path):
     cfg = Config(dataset="folder", data_dir=str(good), cache_dir=str(tmp_path / "c"),
                  image_size=16, crop_size=0)
     with pytest.warns(UserWarning, match=r"Skipped 4 of 8 files.*e\.g\.") as record:
-        images = data.load_dataset(cfg, quiet=True)
+        images = dataset.load_dataset(cfg, quiet=True)
     assert len(record) == 1 and len(images) == 4
 
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "a.jpg").write_bytes(b"\xff\xd8 nope")
     with pytest.raises(UserError, match="None of the 1 files"):
-        data.load_dataset(cfg.replace(data_dir=str(bad)), quiet=True)
+        dataset.load_dataset(cfg.replace(data_dir=str(bad)), quiet=True)
 
 
 def test_missing_or_empty_data_dir(tmp_path):
     with pytest.raises(UserError, match="is not a directory"):
-        data.load_dataset(Config(dataset="folder", data_dir=str(tmp_path / "nope")), quiet=True)
+        dataset.load_dataset(Config(dataset="folder", data_dir=str(tmp_path / "nope")), quiet=True)
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no images here")
     with pytest.raises(UserError, match="No images"):
-        data.load_dataset(Config(dataset="folder", data_dir=str(tmp_path / "empty")), quiet=True)
+        dataset.load_dataset(Config(dataset="folder", data_dir=str(tmp_path / "empty")), quiet=True)
 
 
 def test_image_loader_survives_random_and_mutated_bytes(tmp_path):
@@ -198,7 +202,7 @@ def test_image_loader_survives_random_and_mutated_bytes(tmp_path):
         Image.new("RGB", (37, 29), (200, 100, 50)).save(buffer, fmt)
         seeds.append(buffer.getvalue())
     path = tmp_path / "fuzz.png"
-    items = data.Items([str(path)], lambda p: data._load_image(p, 160, 16))
+    items = dataset.Items([str(path)], lambda p: dataset._load_image(p, 160, 16))
     outcomes = {"image": 0, "skipped": 0}
     for i in range(400):
         if i % 4 == 0:
@@ -217,7 +221,7 @@ def test_image_loader_survives_random_and_mutated_bytes(tmp_path):
         path.write_bytes(bytes(blob))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            image = data._try_load(items, str(path))
+            image = dataset._try_load(items, str(path))
         if image is None:
             outcomes["skipped"] += 1
         else:

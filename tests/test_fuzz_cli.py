@@ -25,7 +25,6 @@ import pytest
 from PIL import Image
 
 from jax_dcgan import cli
-
 from tests.helpers import ROOT
 
 EXAMPLES = int(os.environ.get("JAX_DCGAN_FUZZ_EXAMPLES", 120))

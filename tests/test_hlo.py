@@ -2,7 +2,7 @@
 
 import pytest
 
-from jax_dcgan.hlo import Program, shape_bytes
+from jax_dcgan.tools.hlo import Program, shape_bytes
 
 BODY = '''HloModule m, is_scheduled=true, input_output_alias={ {0}: (0, {}, may-alias), {1}: (1, {}, may-alias) }
 

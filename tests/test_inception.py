@@ -10,7 +10,9 @@ import types
 import numpy as np
 import pytest
 
-from jax_dcgan import data, inception, metrics
+from jax_dcgan.data import dataset
+
+from jax_dcgan.quality import inception, metrics
 from jax_dcgan.config import Config
 
 from .helpers import ROOT, cli_here
@@ -21,7 +23,7 @@ torch = pytest.importorskip("torch")
 @pytest.fixture(scope="module")
 def faces(tmp_path_factory):
     cfg = Config(num_synthetic=96, image_size=64, cache_dir=str(tmp_path_factory.mktemp("c")))
-    return np.asarray(data.load_dataset(cfg, quiet=True))
+    return np.asarray(dataset.load_dataset(cfg, quiet=True))
 
 
 def test_jax_network_equals_the_torchscript_file(faces):

@@ -7,14 +7,16 @@ import jax
 import numpy as np
 import pytest
 
-from jax_dcgan import data, metrics
+from jax_dcgan.data import dataset
+
+from jax_dcgan.quality import metrics
 from jax_dcgan.config import Config
-from jax_dcgan.dispatch import Plan
-from jax_dcgan.epoch_end import EpochEnd
-from jax_dcgan.rundir import RunDir
-from jax_dcgan.sample import GRID_IMAGES, draw_noise, grid_pass, sampling_generator
-from jax_dcgan.step import create_train_state
-from jax_dcgan.writers import ConsoleWriter, History, JsonlWriter, Writers
+from jax_dcgan.training.dispatch import Plan
+from jax_dcgan.training.epoch_end import EpochEnd
+from jax_dcgan.training.rundir import RunDir
+from jax_dcgan.outputs.sample import GRID_IMAGES, draw_noise, grid_pass, sampling_generator
+from jax_dcgan.model.step import create_train_state
+from jax_dcgan.training.writers import ConsoleWriter, History, JsonlWriter, Writers
 
 from .helpers import TINY, cli_here, records, tiny_flags
 
@@ -36,7 +38,7 @@ def test_frechet_distance_against_the_direct_float64_formula():
 @pytest.fixture(scope="module")
 def faces(tmp_path_factory):
     cfg = Config(num_synthetic=400, image_size=32, cache_dir=str(tmp_path_factory.mktemp("c")))
-    return np.asarray(data.load_dataset(cfg, quiet=True))
+    return np.asarray(dataset.load_dataset(cfg, quiet=True))
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from jax_dcgan.config import PRESETS, Config, preset
-from jax_dcgan.errors import UserError
-from jax_dcgan.models import init_variables
-from jax_dcgan.step import create_train_state, draw_step_randomness, jit_train_steps
+from jax_dcgan.common.errors import UserError
+from jax_dcgan.model.networks import init_variables
+from jax_dcgan.model.step import create_train_state, draw_step_randomness, jit_train_steps
 
 from .helpers import TINY
 
@@ -72,7 +72,7 @@ def test_training_bytes_counts_the_weights_and_feature_maps(size, dtype):
     bytes of the convolution kernels the state holds (float32 for a bfloat16 run; times 4:
     weights, gradients, two moments), its batch term the output of every layer of both
     networks in the compute dtype."""
-    from jax_dcgan.models import Discriminator, Generator, training_bytes
+    from jax_dcgan.model.networks import Discriminator, Generator, training_bytes
 
     full = TINY.replace(image_size=size, dtype=dtype)
     cfg = full.model

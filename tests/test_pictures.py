@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jax_dcgan import pictures
-from jax_dcgan.errors import UserError
+from jax_dcgan.outputs import pictures
+from jax_dcgan.common.errors import UserError
 
 from .helpers import cli_here, tiny_run
 
@@ -156,8 +156,7 @@ def test_eval_figure_puts_real_images_beside_the_scored_ones(tmp_path):
 def test_progress_is_rewritten_during_the_run_and_capped_in_frames(tmp_path, monkeypatch):
     """With the rewrite interval at 0, every epoch end rewrites progress.webp; with at most 2
     frames, a run of 3 epochs shows the first and the last."""
-    from jax_dcgan import epoch_end
-
+    from jax_dcgan.training import epoch_end
     monkeypatch.setattr(epoch_end, "ANIMATION_SECONDS", 0.0)
     monkeypatch.setattr(epoch_end, "ANIMATION_FRAMES", 2)
     written = []

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from jax_dcgan.plots import read_records
+from jax_dcgan.outputs.plots import read_records
 
 from .helpers import ROOT
 

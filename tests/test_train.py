@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from jax_dcgan import checkpoint, epoch_end, parallel, runtime
-from jax_dcgan.sample import GRID_IMAGES, draw_noise, grid_pass
-from jax_dcgan.train import train
+from jax_dcgan.common import runtime
+
+from jax_dcgan.training import checkpoint, epoch_end, parallel
+from jax_dcgan.outputs.sample import GRID_IMAGES, draw_noise, grid_pass
+from jax_dcgan.training.loop import train
 from torch_reference import DCGAN
 
 from .helpers import (ROOT, TINY, assert_identical, cli_here, final_state, records, step_records,
@@ -292,7 +294,7 @@ hits = []
 jax.monitoring.register_event_listener(
     lambda event, **kw: hits.append(event) if event == "/jax/compilation_cache/cache_hits" else 0)
 cfg = TINY.replace(cache_dir=sys.argv[1], devices=1, compilation_cache=sys.argv[2] == "on")
-from jax_dcgan.train import train
+from jax_dcgan.training.loop import train
 for run in range(int(sys.argv[3])):
     train(cfg, f"{sys.argv[1]}/run{run}", quiet=True)
     print(len(hits))
@@ -346,7 +348,8 @@ COLLECTIVE_BESIDE_A_COPY = """
 import os
 os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:2])  # 2 cores, before XLA counts them
 import jax, jax.numpy as jnp
-from jax_dcgan import parallel, runtime
+from jax_dcgan.common import runtime
+from jax_dcgan.training import parallel
 runtime.threads_for_host_collectives()
 step = jax.pmap(lambda s, b: s + jax.lax.psum(jnp.tanh(b @ b.T).sum(), "d"), "d")
 batch, state = parallel.replicate((jnp.ones((256, 256)), jnp.zeros((100, 8))), jax.devices())
