@@ -2,7 +2,8 @@
 #   make demo   train on the built-in synthetic faces, write samples, plots, checkpoints
 #               (installs .[fid]: PyTorch and FID's network, so `jax-dcgan eval` and
 #               `jax-dcgan parity` work on the demo's run right after)
-#   make test   the whole test suite, parity with PyTorch included
+#   make test   the import-layering contract (lint-imports), then the whole test suite,
+#               parity with PyTorch included
 # TORCH is installed before anything else so that pip never picks a CUDA build of torch
 # on a CPU machine. Where the package index has no CPU build of it (PyPI's Linux wheels are
 # CUDA builds of several GB), take it from PyTorch's own index:

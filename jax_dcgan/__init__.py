@@ -17,7 +17,7 @@ paths rely on that.
 
 import importlib
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 _EXPORTS = {
     "Config": "jax_dcgan.config",

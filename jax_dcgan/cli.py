@@ -14,11 +14,10 @@ import os
 import sys
 
 from jax_dcgan import __version__
-
 from jax_dcgan.common import runtime
-from jax_dcgan.config import (BENCH_VARIANTS, CONV_IMPLS, INT64, PRESETS, Config, check_seed,
-                              flag, preset, read_config_file)
 from jax_dcgan.common.errors import TrainingStopped, UserError, error_line, summarize
+from jax_dcgan.config import (BENCH_VARIANTS, CONV_IMPLS, INT64, PRESETS, Config, check_seed, flag,
+                              preset, read_config_file)
 
 # The comparisons of `jax-dcgan parity` (jax_dcgan.tools.parity.CHECK_NAMES, without importing it).
 PARITY_CHECKS = ["architecture"] + [f"{impl}-{check}" for impl in ("matmul", "xla") for check in (
@@ -113,7 +112,6 @@ def cmd_sample(args: argparse.Namespace) -> None:
     import numpy as np
 
     from jax_dcgan.outputs import pictures, sample
-
     from jax_dcgan.training import checkpoint
     _positive(args, "num", "interpolate", "between")
     check_seed("seed", args.seed)
@@ -136,8 +134,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     # A walk's images are each their own vector's (running statistics), not a function of
     # the others in one batch; grids use the batch's, as the lecture's do.
     bn = args.bn or ("running" if args.interpolate else "batch")
-    images = np.asarray(sample.generate(cfg.model, sample.sampling_generator(state), noise,
-                                        bn == "batch"))
+    images = np.asarray(sample.generate(cfg.model, sample.sampling_generator(state), noise, bn))
     if args.interpolate:
         pictures.save_interpolation(images, args.out, animation)
     else:
@@ -201,7 +198,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
         variables = jax.tree.map(
             lambda a: a.astype(np.float32) if np.issubdtype(a.dtype, np.floating) else a, variables)
         checkpoints = checkpoint.Checkpoints(args.out)
-        checkpoints.save(create_train_state(cfg, variables), cfg)
+        checkpoints.save(create_train_state(cfg.step, cfg.seed, variables), cfg)
         checkpoints.wait()
         print(f"wrote a step-0 checkpoint of {args.from_torch} to {args.out} "
               f"(latent {cfg.latent_dim}, widths {cfg.gen_features}/{cfg.dis_features}, "
@@ -218,7 +215,6 @@ def cmd_eval(args: argparse.Namespace) -> None:
     import json
 
     from jax_dcgan.quality import metrics
-
     from jax_dcgan.training import checkpoint
     _positive(args, "num", minimum=2)
     _positive(args, "image_size")
@@ -227,7 +223,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if not args.no_fid:
         metrics.check_inception(args.inception)  # before any work: say at once what is missing
     reference = metrics.Reference.load(args.real) if _is_statistics(args.real) else None
-    state, cfg = checkpoint.load_checkpoint(args.checkpoint) if args.checkpoint else (None, Config())
+    state, cfg = (checkpoint.load_checkpoint(args.checkpoint) if args.checkpoint
+                  else (None, Config()))
     cfg = cfg.replace(**{k: getattr(args, k) for k in ("dataset", "data_dir", "split",
                                                         "crop_size", "num_synthetic",
                                                         "cache_dir", "image_size", "fid_mode")
@@ -268,7 +265,6 @@ def _eval_images(args: argparse.Namespace, cfg: Config, state, with_real: bool):
     import numpy as np
 
     from jax_dcgan.data import dataset
-
     from jax_dcgan.outputs import sample
     def folder(path: str) -> np.ndarray:  # cached as a dataset
         return dataset.load_dataset(cfg.replace(dataset="folder", data_dir=path, split="all")
@@ -284,7 +280,7 @@ def _eval_images(args: argparse.Namespace, cfg: Config, state, with_real: bool):
         runtime.check_images_fit(num, cfg.image_size, cfg.channels)
         fake = np.asarray(sample.generate_images(
             cfg.model, sample.sampling_generator(state), num, args.seed, cfg.batch_size,
-            batch_stats=args.bn == "batch"))
+            bn=args.bn))
     if len(fake) < 2 or (real is not None and len(real) < 2):
         raise UserError(f"eval compares sets of at least 2 images; got {len(fake)} to score"
                         + ("." if real is None else f" and {len(real)} real ones."))
@@ -380,12 +376,10 @@ def cmd_parity(args: argparse.Namespace) -> int:
     import dataclasses as dc
     import json
 
+    import jax
     from tqdm.auto import tqdm
 
-    import jax
-
     from jax_dcgan.model import convert
-
     from jax_dcgan.tools import parity
     cfg, state_dict = preset(args.preset) if args.preset else Config(), None
     if args.checkpoint:

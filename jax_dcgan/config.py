@@ -2,7 +2,9 @@
 
 Every field of `Config` becomes a `jax-dcgan train` flag (see `cli.py`), so the help
 text lives here, next to the default it explains. The networks take only a
-`ModelConfig` (`Config.model`): what they compute, nothing about data or the loop.
+`ModelConfig` (`Config.model`): what they compute, nothing about data or the loop; the
+training step a `StepConfig` (`Config.step`). Both hold the run's `Numerics`, where
+`--conv-impl auto` is decided once for the devices.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ def _field(default: Any, help: str, **choices: Any) -> Any:
     return dataclasses.field(default=default, metadata={"help": help, **choices})
 
 
-CONV_IMPLS = ("auto", "matmul", "xla")
+CONV_IMPLS = ("auto", "matmul", "xla")  # the flag's choices
+CONV_BACKENDS = ("matmul", "xla")  # what runs
+DTYPES = ("float32", "bfloat16", "float64")
 INT64 = 2 ** 63  # integers are signed 64-bit, as NumPy and JAX hold them
 SEEDS = 2 ** 32  # JAX's random keys hold 32 bits of a seed (without its 64-bit mode)
 
@@ -37,6 +41,29 @@ BENCH_VARIANTS = ("torch", "torch-compiled", "jax-jit-matmul", "jax-jit-xla", "j
                   "jax-fused-matmul", "jax-fused-xla", "jax-train-loop")
 
 
+def conv_backend(requested: str, platform: str) -> str:
+    """The convolutions a `--conv-impl` runs on `platform`: `auto` is matmul on CPUs, xla on
+    GPUs and TPUs."""
+    if requested != "auto":
+        return requested
+    return "matmul" if platform == "cpu" else "xla"
+
+
+@dataclasses.dataclass(frozen=True)
+class Numerics:
+    """How the networks compute: the convolution backend (decided for the devices, never
+    `auto`) and the compute dtype."""
+    conv: str
+    dtype: str
+
+    def __post_init__(self):
+        if self.conv not in CONV_BACKENDS:
+            raise ValueError(f"conv must be one of {CONV_BACKENDS}, not {self.conv!r} "
+                             "(Config.numerics decides `auto`)")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, not {self.dtype!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """What the generator and discriminator compute; hashable, so a jitted function can be
@@ -51,8 +78,7 @@ class ModelConfig:
     gen_slope: float
     dis_slope: float
     weight_init: str
-    dtype: str
-    conv_impl: str
+    numerics: Numerics
 
     @property
     def num_upsamplings(self) -> int:
@@ -61,7 +87,24 @@ class ModelConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """What the training step computes besides the networks: Adam's settings for G and D and
+    the lecture's step variants; hashable, as `ModelConfig`."""
+    model: ModelConfig
+    lr_g: float
+    lr_d: float
+    beta1: float
+    beta2: float
+    eps: float
+    fresh_noise: bool
+    label_flip: float
+    label_smoothing: float
+    ema_decay: float
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
+    """Every setting of a run: each field is a `jax-dcgan train` flag, its help beside it."""
     # Data.
     dataset: str = _field("synthetic", "image source", choices=("synthetic", "folder", "celeb_a"))
     data_dir: str = _field("", "folder of images (--dataset folder) or tfds data dir (celeb_a)")
@@ -92,7 +135,7 @@ class Config:
         "float32", "compute dtype: bfloat16 keeps parameters, optimiser state and BatchNorm "
         "in float32; float64 computes and keeps everything in float64 (JAX's x64 mode for "
         "the run; not on TPUs)",
-        choices=("float32", "bfloat16", "float64"))
+        choices=DTYPES)
     conv_impl: str = _field(
         "auto", "convolutions: matmul (im2col + matrix products, fastest on CPUs), xla (XLA's "
         "native convolutions: cuDNN on GPUs, the MXU on TPUs), or auto (matmul on CPUs, xla "
@@ -181,10 +224,33 @@ class Config:
             raise UserError("--dataset folder needs --data-dir DIR, a directory of images.")
         return self
 
+    def numerics(self, platform: str | None = None) -> Numerics:
+        """The convolutions and dtype of a run on `platform` (default: JAX's default
+        backend); the loop asks once, for its devices."""
+        if platform is None:
+            import jax
+            platform = jax.default_backend()
+        return Numerics(conv_backend(self.conv_impl, platform), self.dtype)
+
+    def model_config(self, numerics: Numerics | None = None) -> ModelConfig:
+        return ModelConfig(numerics=numerics or self.numerics(),
+                           **{f.name: getattr(self, f.name) for f in dataclasses.fields(ModelConfig)
+                              if f.name != "numerics"})
+
+    def step_config(self, numerics: Numerics | None = None) -> StepConfig:
+        return StepConfig(model=self.model_config(numerics),
+                          **{f.name: getattr(self, f.name) for f in dataclasses.fields(StepConfig)
+                             if f.name != "model"})
+
     @property
     def model(self) -> ModelConfig:
-        return ModelConfig(**{f.name: getattr(self, f.name)
-                              for f in dataclasses.fields(ModelConfig)})
+        """The networks' configuration on JAX's default backend."""
+        return self.model_config()
+
+    @property
+    def step(self) -> StepConfig:
+        """The training step's configuration on JAX's default backend."""
+        return self.step_config()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

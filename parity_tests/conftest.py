@@ -4,6 +4,8 @@ otherwise compute float32 matmuls and convolutions in TF32)."""
 import pytest
 
 from jax_dcgan.tools import parity
+
+
 @pytest.fixture(autouse=True)
 def full_precision():
     with parity.full_precision():

@@ -8,10 +8,9 @@ import torch
 
 from jax_dcgan.model.convert import config_for_state_dict, from_state_dict, to_state_dict
 from jax_dcgan.model.networks import init_variables
-from torch_reference import DCGAN
-
 from jax_dcgan.tools.parity import SEED_CFG, SMALL_CFG, state_dict_numpy, torch_model
 from tests.helpers import cli_here
+from torch_reference import DCGAN
 
 LECTURE_KEYS = (
     [f"generator.{i}.weight" for i in (0,)]
@@ -43,7 +42,7 @@ def test_torch_to_flax_to_torch_is_bit_exact():
 
 
 def test_flax_to_torch_to_flax_is_bit_exact():
-    variables = jax.tree.map(np.asarray, init_variables(SMALL_CFG.model, jax.random.PRNGKey(3)))
+    variables = jax.tree.map(np.asarray, init_variables(SMALL_CFG.model, jax.random.key(3)))
     again = from_state_dict(to_state_dict(variables, SMALL_CFG.model), SMALL_CFG.model)
     assert jax.tree.structure(again) == jax.tree.structure(variables)
     for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(variables)):
@@ -61,7 +60,7 @@ def test_flax_init_matches_torch_init_distribution():
     """PyTorch's default init, U(-1/sqrt(fan_in), +), incl. ConvTranspose2d's fan_in quirk:
     each large conv tensor's largest |value| is within 2% of the same bound in both."""
     ours = to_state_dict(jax.tree.map(np.asarray, init_variables(SEED_CFG.model,
-                                                                 jax.random.PRNGKey(0))),
+                                                                 jax.random.key(0))),
                          SEED_CFG.model)
     theirs = state_dict_numpy(torch_model(SEED_CFG))
     conv_tensors = [k for k, v in theirs.items() if v.ndim == 4 or k == "discriminator.0.bias"]

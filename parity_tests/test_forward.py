@@ -5,8 +5,8 @@ eval mode in both convolution backends: the `architecture` and `forward` rows of
 import pytest
 import torch
 
-from jax_dcgan.tools import parity
 from jax_dcgan.model.networks import torch_layer_indices
+from jax_dcgan.tools import parity
 from jax_dcgan.tools.parity import CONV_IMPLS, SEED_CFG
 from torch_reference import DCGAN
 

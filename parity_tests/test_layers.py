@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from jax_dcgan.tools import parity
 from jax_dcgan.model.layers import BatchNorm
+from jax_dcgan.tools import parity
 from jax_dcgan.tools.parity import CONV_IMPLS, nchw
 
 ATOL = 2e-5  # float32 sums of a few hundred O(1) products round at ~1e-6 (measured 1.3e-6)
@@ -61,7 +61,7 @@ def test_batchnorm_train_eval_and_running_statistics():
         ref.weight.uniform_(0.5, 1.5)
         ref.bias.uniform_(-0.5, 0.5)
     ours = BatchNorm()
-    variables = ours.init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 4, 32)), train=False)
+    variables = ours.init(jax.random.key(0), jnp.zeros((1, 4, 4, 32)), train=False)
     params = {"scale": jnp.asarray(ref.weight.detach().numpy()),
               "bias": jnp.asarray(ref.bias.detach().numpy())}
     stats = variables["batch_stats"]
@@ -91,7 +91,7 @@ def test_batchnorm_groups_are_separate_calls_in_order():
     torch.manual_seed(1)
     ref = torch.nn.BatchNorm2d(16)
     ours = BatchNorm()
-    stats = ours.init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 4, 16)), train=False)["batch_stats"]
+    stats = ours.init(jax.random.key(0), jnp.zeros((1, 4, 4, 16)), train=False)["batch_stats"]
     params = {"scale": jnp.ones(16), "bias": jnp.zeros(16)}
     nhwc = lambda t: jnp.asarray(t.numpy().transpose(0, 2, 3, 1))
     real, fake = torch.randn(8, 16, 4, 4) * 2 + 1, torch.randn(8, 16, 4, 4) - 3

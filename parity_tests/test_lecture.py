@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from jax_dcgan.tools import parity
 from jax_dcgan.config import Config, preset
 from jax_dcgan.model.layers import BatchNorm, dcgan_normal, torch_uniform
-from jax_dcgan.outputs.sample import GRID_IMAGES
 from jax_dcgan.model.step import (create_train_state, draw_step_randomness, jit_train_steps,
-                            metrics_dict, step_key)
+                                  metrics_dict, step_key)
+from jax_dcgan.outputs.sample import GRID_IMAGES
+from jax_dcgan.tools import parity
 from torch_reference import DCGAN, make_optimizers, train_step
 
 from .test_step import assert_same_training_state
@@ -85,11 +85,11 @@ def test_two_steps_against_the_reference_built_from_its_own_defaults():
     cfg = Config(dtype="float64", conv_impl="matmul")
     batch = 4
     with parity.float64():
-        state = create_train_state(cfg, parity.jax_variables(model, cfg))
-        step = jit_train_steps(cfg)
+        state = create_train_state(cfg.step, cfg.seed, parity.jax_variables(model, cfg))
+        step = jit_train_steps(cfg.step)
         for i in range(2):
             data = parity.images(cfg, batch, seed=100 + i)
-            noise = draw_step_randomness(step_key(state), cfg, batch)["noise"]
+            noise = draw_step_randomness(step_key(state), cfg.step, batch)["noise"]
             logs = train_step(model, *optimizers, parity.to_torch_images(data, torch.float64),
                               parity.torch_noise(noise, torch.float64))
             state, metrics = step(state, jnp.asarray(data)[None])

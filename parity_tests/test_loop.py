@@ -9,21 +9,18 @@ import pytest
 import torch
 
 from jax_dcgan import cli
-
 from jax_dcgan.data import dataset
-
-from jax_dcgan.tools import parity
 from jax_dcgan.model.convert import save_torch_file, to_state_dict
-from jax_dcgan.tools.parity import float64, state_dict_numpy, torch_model, torch_noise
-from jax_dcgan.outputs.sample import GRID_IMAGES, draw_noise
 from jax_dcgan.model.step import METRICS, create_train_state, draw_step_randomness
+from jax_dcgan.outputs.sample import GRID_IMAGES, draw_noise
+from jax_dcgan.tools import parity
+from jax_dcgan.tools.parity import float64, state_dict_numpy, torch_model, torch_noise
 from jax_dcgan.training.loop import train
+from tests.helpers import TINY, step_records
 from torch_reference import make_optimizers
 from torch_reference.train import lecture_loop
-from tests.helpers import TINY, step_records
 
 from .test_step import assert_same_training_state
-
 
 # 320 steps: 16 epochs of 20 batches of 8, 3 steps per call, a checkpoint every 48 steps, and
 # a stop at step 151 (mid-epoch, mid-call: calls start at 144, 147, 150) then a resume.
@@ -46,7 +43,7 @@ def test_the_whole_loop_is_the_lectures_loop_in_float64(tmp_path):
     exported = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
 
     with float64():
-        start = create_train_state(cfg)
+        start = create_train_state(cfg.step, cfg.seed)
         model = torch_model(cfg, dtype=torch.float64, state_dict=to_state_dict(
             {"generator": start.generator, "discriminator": start.discriminator}, cfg.model))
         optimizers = make_optimizers(model, cfg.lr_g, cfg.lr_d, (cfg.beta1, cfg.beta2), cfg.eps)
@@ -57,7 +54,7 @@ def test_the_whole_loop_is_the_lectures_loop_in_float64(tmp_path):
             grid_noise=torch_noise(draw_noise(cfg.latent_dim, GRID_IMAGES, cfg.seed),
                                    torch.float64),
             noise=lambda step: torch_noise(draw_step_randomness(
-                jax.random.fold_in(start.rng, step), cfg, cfg.batch_size)["noise"],
+                jax.random.fold_in(start.rng, step), cfg.step, cfg.batch_size)["noise"],
                 torch.float64),
             dtype=torch.float64))
     # The same records: scripts/experiments.py averages a run's last epoch by these fields.

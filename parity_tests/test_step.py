@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from jax_dcgan.tools import parity
 from jax_dcgan.model.convert import to_state_dict
+from jax_dcgan.tools import parity
 from jax_dcgan.tools.parity import (CONV_IMPLS, SMALL_CFG, adam_moments_torch, flax_tree_as_torch,
-                              float64, run_both, state_dict_numpy)
+                                    float64, run_both, state_dict_numpy)
 
 from .test_layers import assert_pass
 

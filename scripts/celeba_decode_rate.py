@@ -20,8 +20,8 @@ import zipfile
 
 from PIL import Image
 
-from jax_dcgan.data import celeba, dataset
 from jax_dcgan.config import Config
+from jax_dcgan.data import celeba, dataset
 from jax_dcgan.data.synthetic import draw_face
 
 CELEBA_IMAGES = 202_599

@@ -19,8 +19,8 @@ import time
 import jax
 import numpy as np
 
-from jax_dcgan.model import layers
 from jax_dcgan.config import Config
+from jax_dcgan.model import layers
 from jax_dcgan.model.step import create_train_state, jit_train_steps
 
 
@@ -47,7 +47,7 @@ def main() -> None:
     for name, module in (("other", load(args.other)), ("this", layers)):
         # conv2d and its VJP look these up when traced, so each jit traces its own pair.
         layers.im2col, layers.col2im = module.im2col, module.col2im
-        step, state = jit_train_steps(cfg), create_train_state(cfg)
+        step, state = jit_train_steps(cfg.step), create_train_state(cfg.step, cfg.seed)
         state, metrics = step(state, batch)
         jax.block_until_ready(metrics)
         steps[name] = [step, state]

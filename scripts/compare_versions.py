@@ -9,7 +9,7 @@
 Each checkout gets a worker process (its own imports); the workers take turns, so
 that the drift of a shared machine hits both alike, and only one runs at a time.
 Step mode: each holds a compiled step and a state and runs a block of calls of
-`jit_train_steps(Config(...))` on `--steps-per-call` steps (what the loop
+`jit_train_steps(Config(...).step)` on `--steps-per-call` steps (what the loop
 dispatches; 1 for the lecture's model on a CPU). Loop mode: each turn is a new
 `train()` with default flags on synthetic faces for 3 epochs of `--epoch-steps`
 steps, timed after the first epoch from the rates in its own metrics.
@@ -27,16 +27,25 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 WORKER = r"""
-import json, sys, tempfile, time
+import importlib.util, json, sys, tempfile, time
 import jax, numpy as np
 from jax_dcgan.config import Config
-from jax_dcgan.model.step import create_train_state, jit_train_steps
+if importlib.util.find_spec("jax_dcgan.model"):  # the package's subpackage layout (0.3 on)
+    import jax_dcgan
+    from jax_dcgan import train
+    from jax_dcgan.outputs.plots import read_metrics
+    def make_step(cfg):
+        return jax_dcgan.jit_train_steps(cfg.step), jax_dcgan.create_train_state(cfg.step, cfg.seed)
+else:  # 0.2's flat layout
+    from jax_dcgan.plots import read_metrics
+    from jax_dcgan.step import create_train_state, jit_train_steps
+    from jax_dcgan.train import train
+    def make_step(cfg):
+        return jit_train_steps(cfg), create_train_state(cfg)
 options = json.loads(sys.argv[1])
 cfg = Config(batch_size=options["batch_size"], gen_features=options["width"],
              dis_features=options["width"], image_size=options["image_size"])
 if options["loop"]:
-    from jax_dcgan.outputs.plots import read_metrics
-    from jax_dcgan.training.loop import train
     cfg = cfg.replace(num_synthetic=cfg.batch_size * options["epoch_steps"], epochs=3,
                       cache_dir=tempfile.mkdtemp())
     print("ready", flush=True)
@@ -50,7 +59,7 @@ if options["loop"]:
 k = options["steps_per_call"]
 batch = jax.device_put(np.random.default_rng(0).integers(
     0, 256, (k, cfg.batch_size, cfg.image_size, cfg.image_size, cfg.channels), np.uint8))
-step, state = jit_train_steps(cfg), create_train_state(cfg)
+step, state = make_step(cfg)
 state, metrics = step(state, batch)
 jax.block_until_ready(metrics)
 print("ready", flush=True)

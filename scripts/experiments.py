@@ -92,8 +92,8 @@ def train(kind: str, flags: list[str], seed: int, out: str, a: argparse.Namespac
              "--resume", "--seed", str(seed), "--preset", "demo", "--epochs", str(a.epochs),
              "--cache-dir", a.cache, *flags)
     else:
-        from jax_dcgan.data import dataset
         from jax_dcgan.config import preset
+        from jax_dcgan.data import dataset
 
         images = dataset.load_dataset(preset("demo").replace(cache_dir=a.cache), quiet=True)
         _run(sys.executable, "-m", "torch_reference.train", "--images", images.filename,
@@ -230,9 +230,9 @@ def report(name: str, results: dict[str, list[dict]]) -> dict:
 
 def reference_points(a: argparse.Namespace) -> dict:
     """The scale of SWD, FID and KID here: real vs other real images, and real vs noise."""
+    from jax_dcgan.config import preset
     from jax_dcgan.data import dataset
     from jax_dcgan.quality import metrics
-    from jax_dcgan.config import preset
 
     images = dataset.load_dataset(preset("demo").replace(cache_dir=a.cache), quiet=True)
     rng = np.random.default_rng(0)

@@ -29,8 +29,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from jax_dcgan.training.epoch_end import QUEUED_EPOCHS  # noqa: E402
 from jax_dcgan.outputs.plots import read_records  # noqa: E402
+from jax_dcgan.training.epoch_end import QUEUED_EPOCHS  # noqa: E402
 
 BATCH = 8
 

@@ -11,9 +11,9 @@ import sys
 import jax
 import numpy as np
 
-from jax_dcgan.training import checkpoint
 from jax_dcgan.config import Config
 from jax_dcgan.outputs.plots import read_metrics, read_records
+from jax_dcgan.training import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -85,7 +85,7 @@ def final_state(out):
     """What a checkpoint holds of a run's state, as numpy arrays."""
     state, _ = checkpoint.load_checkpoint(str(out))
     return jax.tree.map(np.asarray, (state.generator, state.discriminator, state.g_opt,
-                                     state.d_opt, state.rng, state.step))
+                                     state.d_opt, jax.random.key_data(state.rng), state.step))
 
 
 def assert_identical(a, b) -> None:

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from jax_dcgan.common import runtime
-
-from jax_dcgan.tools import bench
 from jax_dcgan.config import BENCH_VARIANTS
+from jax_dcgan.tools import bench
 
 from .helpers import cli, cli_here
 

@@ -42,7 +42,7 @@ def test_bfloat16_stays_within_a_bound_of_float32():
     from jax_dcgan.model.networks import Discriminator, init_variables
 
     cfg = Config()
-    variables = init_variables(cfg.model, jax.random.PRNGKey(0))
+    variables = init_variables(cfg.model, jax.random.key(0))
     rng = np.random.default_rng(0)
     z = jnp.asarray(rng.standard_normal((16, cfg.latent_dim)), jnp.float32)
     x = jnp.asarray(rng.uniform(-1, 1, (16, 64, 64, 3)), jnp.float32)

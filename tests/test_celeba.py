@@ -21,9 +21,8 @@ from tensorflow_datasets.core.download import checksums
 from tensorflow_datasets.datasets.celeb_a import celeb_a_dataset_builder as celeb_a_builder
 
 from jax_dcgan import cli
-
-from jax_dcgan.data import celeba, dataset
 from jax_dcgan.config import Config
+from jax_dcgan.data import celeba, dataset
 from jax_dcgan.data.synthetic import draw_face
 
 from .helpers import tiny_flags

@@ -18,10 +18,9 @@ import pytest
 from flax import linen as nn
 
 from jax_dcgan.common import runtime
-
-from jax_dcgan.tools import aot, targets
-from jax_dcgan.config import Config
 from jax_dcgan.common.errors import UserError
+from jax_dcgan.config import Config
+from jax_dcgan.tools import aot, targets
 from jax_dcgan.tools.hlo import Program
 
 from .helpers import ROOT, TINY, cli_here

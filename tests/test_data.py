@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jax_dcgan.data import celeba, dataset
 from jax_dcgan.config import Config
+from jax_dcgan.data import celeba, dataset
 from jax_dcgan.data.synthetic import draw_face
 
 

@@ -16,12 +16,13 @@ import jax
 import numpy as np
 import pytest
 
+from jax_dcgan.common.errors import Interrupted, ProcessLost
 from jax_dcgan.training import checkpoint, distributed
 from jax_dcgan.training.distributed import PeerWatch
-from jax_dcgan.common.errors import Interrupted, ProcessLost
 
-from .helpers import ROOT, assert_identical, cli_here, tiny_flags
+from .helpers import ROOT, assert_identical, cli_here
 from .helpers import final_state as saved_arrays
+from .helpers import tiny_flags
 
 TIMEOUT = 300  # seconds per launch; a hung coordinator must not hang the suite
 STEPS = 8  # one epoch of TINY at batch 8 over 64 images, checkpoints every 4
@@ -61,7 +62,7 @@ def launch_two(out, cache, steps: int, *extra: str, **changes) -> list[str]:
 def final_state(run):
     state, _ = checkpoint.load_checkpoint(str(run))
     assert int(state.step) == STEPS
-    return state
+    return checkpoint.raw_key(state)
 
 
 def assert_close(a, b, what: str) -> None:

@@ -14,14 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jax_dcgan.data import dataset
-
-from jax_dcgan.quality import metrics
-
-from jax_dcgan.training import checkpoint, parallel
-from jax_dcgan.config import Config
 from jax_dcgan.common.errors import Diverged, UserError
+from jax_dcgan.config import Config
+from jax_dcgan.data import dataset
 from jax_dcgan.model.step import METRICS
+from jax_dcgan.quality import metrics
+from jax_dcgan.training import checkpoint, parallel
 from jax_dcgan.training.loop import train
 
 from .helpers import (ROOT, TINY, assert_identical, cli_here, final_state, records, step_records,
@@ -64,7 +62,8 @@ def test_repeated_sigkill_at_random_steps_then_resume_is_bit_identical(tmp_path)
         assert reached < 80
         latest = checkpoint.Checkpoints(str(tmp_path / "killed" / "checkpoints")).latest_step()
         if latest is not None:
-            checkpoint.load_checkpoint(str(tmp_path / "killed"))  # the last complete checkpoint loads
+            # The last complete checkpoint loads.
+            checkpoint.load_checkpoint(str(tmp_path / "killed"))
     cli_here("train", "--out", tmp_path / "killed", "--quiet", "--resume", *flags)
     assert_identical(final_state(tmp_path / "whole"), final_state(tmp_path / "killed"))
     steps = [r["step"] for r in step_records(tmp_path / "killed")]

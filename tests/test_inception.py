@@ -10,10 +10,9 @@ import types
 import numpy as np
 import pytest
 
-from jax_dcgan.data import dataset
-
-from jax_dcgan.quality import inception, metrics
 from jax_dcgan.config import Config
+from jax_dcgan.data import dataset
+from jax_dcgan.quality import inception, metrics
 
 from .helpers import ROOT, cli_here
 

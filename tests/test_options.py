@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_dcgan.config import PRESETS, Config, preset
 from jax_dcgan.common.errors import UserError
+from jax_dcgan.config import PRESETS, Config, preset
 from jax_dcgan.model.networks import init_variables
 from jax_dcgan.model.step import create_train_state, draw_step_randomness, jit_train_steps
 
@@ -15,9 +15,9 @@ from .helpers import TINY
 
 def test_ema_of_generator_weights():
     cfg = TINY.replace(ema_decay=0.75)
-    state = create_train_state(cfg)
+    state = create_train_state(cfg.step, cfg.seed)
     expected = jax.tree.map(np.asarray, state.generator["params"])
-    step = jit_train_steps(cfg)
+    step = jit_train_steps(cfg.step)
     batch = jnp.zeros((1, cfg.batch_size, 16, 16, 3), jnp.uint8)
     for t in range(30):  # warm-up decay (1 + t) / (10 + t), then 0.75 from t = 26 on
         state, _ = step(state, batch)
@@ -26,12 +26,12 @@ def test_ema_of_generator_weights():
                                 state.generator["params"])
     for a, b in zip(jax.tree.leaves(state.g_ema), jax.tree.leaves(expected)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
-    assert create_train_state(TINY).g_ema == {}
+    assert create_train_state(TINY.step, TINY.seed).g_ema == {}
 
 
 def test_dcgan_initialisation_is_normal_002():
     cfg = TINY.replace(weight_init="dcgan", gen_features=64, dis_features=64)
-    params = init_variables(cfg.model, jax.random.PRNGKey(0))
+    params = init_variables(cfg.model, jax.random.key(0))
     kernel = np.asarray(params["discriminator"]["params"]["conv_4x4"]["kernel"])
     scale = np.asarray(params["generator"]["params"]["bn_4x4"]["scale"])
     assert abs(kernel.std() - 0.02) < 1e-3 and abs(kernel.mean()) < 1e-3
@@ -60,7 +60,7 @@ def test_presets():
 
 def test_label_randomness_has_the_asked_rates():
     cfg = TINY.replace(label_flip=0.3, label_smoothing=0.1)
-    rand = draw_step_randomness(jax.random.PRNGKey(0), cfg, 20000)
+    rand = draw_step_randomness(jax.random.key(0), cfg.step, 20000)
     real, fake = np.asarray(rand["real_target"]), np.asarray(rand["fake_target"])
     assert set(np.unique(real)) == {0.0, np.float32(0.9)} and set(np.unique(fake)) == {0.0, np.float32(0.9)}
     assert abs(np.mean(real == 0) - 0.3) < 0.02 and abs(np.mean(fake != 0) - 0.3) < 0.02
@@ -76,14 +76,14 @@ def test_training_bytes_counts_the_weights_and_feature_maps(size, dtype):
 
     full = TINY.replace(image_size=size, dtype=dtype)
     cfg = full.model
-    state = jax.eval_shape(lambda: create_train_state(full))
+    state = jax.eval_shape(lambda: create_train_state(full.step, full.seed))
     kernel_bytes = sum(leaf.size * leaf.dtype.itemsize for path, leaf in
                        jax.tree_util.tree_leaves_with_path((state.generator, state.discriminator))
                        if path[-1].key == "kernel")
     assert training_bytes(cfg, 0) == 4 * kernel_bytes
 
     def conv_outputs(module, x):  # elements per image of each convolution's output
-        variables = module.init(jax.random.PRNGKey(0), x, train=False)
+        variables = module.init(jax.random.key(0), x, train=False)
         _, found = module.apply(variables, x, train=False, capture_intermediates=True,
                                 mutable=["intermediates"])
         layers = found["intermediates"]
@@ -100,7 +100,7 @@ def test_training_bytes_counts_the_weights_and_feature_maps(size, dtype):
 def test_seeds_beyond_what_a_jax_key_holds_are_refused():
     """Without its 64-bit mode JAX keeps 32 bits of a seed, so 2^32 would be seed 0's run
     again (with another data order, which NumPy draws from the whole seed)."""
-    same = [jax.random.key_data(jax.random.PRNGKey(s)) for s in (0, 2 ** 32)]
+    same = [jax.random.key_data(jax.random.key(s)) for s in (0, 2 ** 32)]
     np.testing.assert_array_equal(*same)
     Config(seed=2 ** 32 - 1).validate()
     for seed in (2 ** 32, -1):

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jax_dcgan.outputs import pictures
 from jax_dcgan.common.errors import UserError
+from jax_dcgan.outputs import pictures
 
 from .helpers import cli_here, tiny_run
 

@@ -16,9 +16,8 @@ import pytest
 import torch
 
 from jax_dcgan.common import runtime
-
-from jax_dcgan.training import checkpoint, epoch_end, parallel
 from jax_dcgan.outputs.sample import GRID_IMAGES, draw_noise, grid_pass
+from jax_dcgan.training import checkpoint, epoch_end, parallel
 from jax_dcgan.training.loop import train
 from torch_reference import DCGAN
 
@@ -91,7 +90,7 @@ def test_one_and_four_devices_train_alike(tmp_path):
     states = [train(TINY.replace(cache_dir=str(tmp_path / "c"), devices=d, epochs=1,
                                  dtype="float64"), str(tmp_path / f"run{d}"), quiet=True)
               for d in (1, 4)]
-    one, four = (jax.tree_util.tree_leaves_with_path(s) for s in states)
+    one, four = (jax.tree_util.tree_leaves_with_path(checkpoint.raw_key(s)) for s in states)
     assert len(one) == len(four) > 40
     for (path, a), (_, b) in zip(one, four):
         assert np.asarray(a).dtype == np.asarray(b).dtype, jax.tree_util.keystr(path)
@@ -175,6 +174,32 @@ def test_resume_continues_exactly(tmp_path):
         for r, w in zip(step_records(tmp_path / "parts"), step_records(tmp_path / "whole"))]
 
 
+def test_checkpoint_with_a_raw_key_as_0_2_wrote_resumes_exactly(tmp_path):
+    """0.2 kept the state's key as raw uint32[2] data and wrote it straight through orbax;
+    such a checkpoint restores into a typed key over the same data and continues the run
+    as if it had never stopped."""
+    cfg = TINY.replace(cache_dir=str(tmp_path / "c"))
+    train(cfg, str(tmp_path / "whole"), quiet=True)
+    train(cfg.replace(steps=7), str(tmp_path / "parts"), quiet=True)
+    state, saved, progress = checkpoint.Checkpoints(str(tmp_path / "parts" / "checkpoints")
+                                                    ).restore()
+    old = tmp_path / "old"
+    old.mkdir()
+    shutil.copy(tmp_path / "parts" / "config.json", old / "config.json")
+    raw = jax.random.key_data(state.rng)
+    with checkpoint.ocp.CheckpointManager(str(old / "checkpoints")) as manager:
+        manager.save(7, args=checkpoint.ocp.args.Composite(
+            state=checkpoint.ocp.args.StandardSave(state.replace(rng=raw)),
+            config=checkpoint.ocp.args.JsonSave(saved.to_dict()),
+            progress=checkpoint.ocp.args.JsonSave(progress)))
+    restored, _, _ = checkpoint.Checkpoints(str(old / "checkpoints")).restore()
+    assert jax.dtypes.issubdtype(restored.rng.dtype, jax.dtypes.prng_key)
+    assert raw.dtype == np.uint32 and raw.shape == (2,)
+    np.testing.assert_array_equal(jax.random.key_data(restored.rng), raw)
+    train(cfg, str(old), resume=True, quiet=True)
+    assert_identical(final_state(tmp_path / "whole"), final_state(old))
+
+
 def test_measured_steps_per_dispatch_are_kept_for_the_resume(tmp_path):
     """The default chooses K from the measured step time once and keeps it in the checkpoint,
     so a resume dispatches (and rounds) as before even if the machine's speed changed."""
@@ -193,13 +218,13 @@ def test_measured_steps_per_dispatch_are_kept_for_the_resume(tmp_path):
 def test_a_run_compiles_two_step_programs(tmp_path, monkeypatch):
     """K steps and one step, whatever the epoch and checkpoint lengths (here 5 and 3)."""
     functions = []
-    original = parallel.Layout.step_function
+    original = parallel.Parallelism.step_function
 
     def recording(self, cfg):
         functions.append(original(self, cfg))
         return functions[-1]
 
-    monkeypatch.setattr(parallel.Layout, "step_function", recording)
+    monkeypatch.setattr(parallel.Parallelism, "step_function", recording)
     cfg = TINY.replace(cache_dir=str(tmp_path / "c"), num_synthetic=40, checkpoint_every=3,
                        steps_per_dispatch=2, epochs=3, devices=1)
     train(cfg, str(tmp_path / "run"), quiet=True)
@@ -236,14 +261,14 @@ def test_epoch_end_work_runs_while_the_device_trains(tmp_path, monkeypatch):
             waits.append(stepped.wait(timeout=60))  # False: no step came while it waited
         outputs(self, *args)
 
-    original = parallel.Layout.step_function
+    original = parallel.Parallelism.step_function
 
     def noting_step(self, cfg):
         step_fn = original(self, cfg)
         return lambda state, batch: (writing.is_set() and stepped.set(), step_fn(state, batch))[1]
 
     monkeypatch.setattr(epoch_end.EpochEnd, "_outputs", waiting_outputs)
-    monkeypatch.setattr(parallel.Layout, "step_function", noting_step)
+    monkeypatch.setattr(parallel.Parallelism, "step_function", noting_step)
     train(TINY.replace(cache_dir=str(tmp_path / "c"), epochs=3, checkpoint_every=0),
           str(tmp_path / "run"), quiet=True)
     assert waits == [True], "training waited for epoch 1's files"

@@ -28,9 +28,9 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from jax_dcgan.data import celeba
-from jax_dcgan.config import Config
 from jax_dcgan.common.errors import UserError
+from jax_dcgan.config import Config
+from jax_dcgan.data import celeba
 from jax_dcgan.data.synthetic import draw_face
 
 CACHE_VERSION = 1

@@ -15,11 +15,11 @@ from typing import Iterator, Mapping
 import jax
 import numpy as np
 
-from jax_dcgan.config import Config, ModelConfig
 from jax_dcgan.common.errors import UserError, summarize
 from jax_dcgan.common.files import atomic_write
-from jax_dcgan.model.networks import init_variables, torch_layer_indices
 from jax_dcgan.common.optional import import_torch
+from jax_dcgan.config import Config, ModelConfig
+from jax_dcgan.model.networks import init_variables, torch_layer_indices
 
 # Flax leaf -> (PyTorch suffix, axis permutation from PyTorch to Flax or None).
 _PARAMS = {
@@ -79,7 +79,7 @@ def config_for_state_dict(state_dict: Mapping[str, np.ndarray], base: Config) ->
 
 def from_state_dict(state_dict: Mapping[str, np.ndarray], cfg: ModelConfig) -> dict:
     """Lecture-format state dict -> Flax variables for `cfg`, checking every key and shape."""
-    template = jax.eval_shape(lambda: init_variables(cfg, jax.random.PRNGKey(0)))
+    template = jax.eval_shape(lambda: init_variables(cfg, jax.random.key(0)))
     expected = {key: (path, leaf, perm) for key, path, leaf, perm in _leaves(template, cfg)}
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]

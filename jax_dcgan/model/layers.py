@@ -39,6 +39,8 @@ import numpy as np
 from flax import linen as nn
 from jax import lax
 
+from jax_dcgan.config import CONV_BACKENDS
+
 Initializer = Callable[..., jax.Array]
 
 
@@ -235,28 +237,29 @@ conv_transpose2d_xla.defvjp(lambda x, kernel, stride, padding: (
 
 # -- Choosing a backend ----------------------------------------------------------------------
 
-def resolve_conv_impl(impl: str, platform: str | None = None) -> str:
-    """`auto` -> `matmul` on CPUs, `xla` on GPUs and TPUs (default: JAX's default backend)."""
-    if impl != "auto":
-        return impl
-    return "matmul" if (platform or jax.default_backend()) == "cpu" else "xla"
+def _check_backend(backend: str) -> None:
+    if backend not in CONV_BACKENDS:
+        raise ValueError(f"backend must be one of {CONV_BACKENDS}, not {backend!r}: "
+                         "Config.numerics decides `auto` for the devices")
 
 
-def conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int, impl: str = "auto"
+def conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int, backend: str
            ) -> jax.Array:
-    """torch.nn.functional.conv2d in NHWC with the given backend."""
+    """torch.nn.functional.conv2d in NHWC with `backend` (matmul or xla)."""
+    _check_backend(backend)
     k = kernel.shape[0]
     whole_window = x.shape[1:3] == (k, k) and padding == 0
-    if whole_window or resolve_conv_impl(impl) == "matmul":
+    if whole_window or backend == "matmul":
         return conv2d_matmul(x, kernel, stride, padding)
     return conv2d_xla(x, kernel, stride, padding)
 
 
-def conv_transpose2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int,
-                     impl: str = "auto") -> jax.Array:
-    """torch.nn.functional.conv_transpose2d in NHWC with the given backend."""
+def conv_transpose2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int, backend: str
+                     ) -> jax.Array:
+    """torch.nn.functional.conv_transpose2d in NHWC with `backend` (matmul or xla)."""
+    _check_backend(backend)
     whole_window = x.shape[1:3] == (1, 1) and padding == 0
-    if whole_window or resolve_conv_impl(impl) == "matmul":
+    if whole_window or backend == "matmul":
         return conv_transpose2d_matmul(x, kernel, stride, padding)
     return conv_transpose2d_xla(x, kernel, stride, padding)
 
@@ -268,9 +271,9 @@ class Conv(nn.Module):
     stride: int
     padding: int
     use_bias: bool
+    backend: str
     kernel_init: Initializer | None = None
     dtype: Any = jnp.float32
-    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -278,7 +281,7 @@ class Conv(nn.Module):
         default = torch_uniform(k * k * c)
         kernel = self.param("kernel", self.kernel_init or default, (k, k, c, self.features))
         y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.padding,
-                   self.conv_impl)
+                   self.backend)
         if self.use_bias:
             init = nn.initializers.zeros if self.kernel_init else default
             y = y + self.param("bias", init, (self.features,)).astype(self.dtype)
@@ -291,9 +294,9 @@ class ConvTranspose(nn.Module):
     kernel_size: int
     stride: int
     padding: int
+    backend: str
     kernel_init: Initializer | None = None
     dtype: Any = jnp.float32
-    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -303,7 +306,7 @@ class ConvTranspose(nn.Module):
         kernel = self.param("kernel", self.kernel_init or default,
                             (x.shape[-1], k, k, self.features))
         return conv_transpose2d(x.astype(self.dtype), kernel.astype(self.dtype), self.stride,
-                                self.padding, self.conv_impl)
+                                self.padding, self.backend)
 
 
 class BatchNorm(nn.Module):
@@ -343,7 +346,7 @@ class BatchNorm(nn.Module):
             var = self._global_mean(jnp.square(x32 - mean), axes, keepdims=True)
             if not self.is_initializing():
                 n = x32[0].size // c * (1 if self.axis_name is None
-                                        else lax.psum(1, self.axis_name))
+                                        else lax.axis_size(self.axis_name))
                 m, dtype = self.momentum, ra_mean.value.dtype
                 for g in range(groups):
                     ra_mean.value = (1 - m) * ra_mean.value + m * mean[g].reshape(c).astype(dtype)

@@ -31,8 +31,8 @@ def _activation(kind: str, slope: float):
 
 def _layer_kwargs(cfg: ModelConfig) -> tuple[dict, dict]:
     """Keyword arguments of the convolutions and of the BatchNorms."""
-    dtype = DTYPES[cfg.dtype]
-    conv, bn = dict(dtype=dtype, conv_impl=cfg.conv_impl), dict(dtype=dtype)
+    dtype = DTYPES[cfg.numerics.dtype]
+    conv, bn = dict(dtype=dtype, backend=cfg.numerics.conv), dict(dtype=dtype)
     if cfg.weight_init == "dcgan":
         conv["kernel_init"], bn["scale_init"] = dcgan_normal(), dcgan_normal(1.0)
     return conv, bn
@@ -130,8 +130,9 @@ def training_bytes(cfg: ModelConfig, batch_size: int) -> int:
         a * b for widths in (gen, dis) for a, b in zip(widths, widths[1:])))
     maps = (sum(s * s * w for s, w in zip(sizes, gen))
             + 2 * sum(s * s * w for s, w in zip(sizes[::-1], dis)))
-    weight_bytes = 8 if cfg.dtype == "float64" else 4  # bfloat16 keeps float32 weights
-    return 4 * weight_bytes * weights + jnp.dtype(DTYPES[cfg.dtype]).itemsize * batch_size * maps
+    dtype = cfg.numerics.dtype
+    weight_bytes = 8 if dtype == "float64" else 4  # bfloat16 keeps float32 weights
+    return 4 * weight_bytes * weights + jnp.dtype(DTYPES[dtype]).itemsize * batch_size * maps
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -26,9 +26,10 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from jax_dcgan.config import Config
 from jax_dcgan.common.errors import UserError
-from jax_dcgan.model.networks import DTYPES, Discriminator, Generator, init_variables, training_bytes
+from jax_dcgan.config import ModelConfig, StepConfig
+from jax_dcgan.model.networks import (DTYPES, Discriminator, Generator, init_variables,
+                                      training_bytes)
 
 AXIS = "devices"  # the pmap axis of data parallelism
 METRICS = ("g_loss", "d_loss", "acc_real", "acc_fake")
@@ -36,8 +37,9 @@ METRICS = ("g_loss", "d_loss", "acc_real", "acc_fake")
 
 @flax.struct.dataclass
 class TrainState:
+    """Everything a training step reads and writes: both networks, their Adam states, the key."""
     step: jax.Array            # int32 scalar: steps taken
-    rng: jax.Array             # uint32[2] raw key; per-step keys are folded from it
+    rng: jax.Array             # typed key (jax.random.key); per-step keys are folded from it
     generator: dict            # {'params': ..., 'batch_stats': ...}
     discriminator: dict
     g_opt: optax.OptState
@@ -45,33 +47,36 @@ class TrainState:
     g_ema: dict                # EMA of the generator's params ({} when ema_decay == 0)
 
 
-def optimizers(cfg: Config) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
+def optimizers(cfg: StepConfig
+               ) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
     """torch.optim.Adam's math, for G and D."""
     def adam(lr):
         return optax.adam(lr, b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps)
     return adam(cfg.lr_g), adam(cfg.lr_d)
 
 
-def check_fits(cfg: Config, free_bytes: float, devices: int = 1) -> None:
+def check_fits(model: ModelConfig, batch_size: int, free_bytes: float, devices: int = 1
+               ) -> None:
     """A UserError when the networks, their optimizer state and a device's share of a batch
     cannot fit in `free_bytes` of one device: before anything is built, naming the flags."""
-    need = training_bytes(cfg.model, -(-cfg.batch_size // devices))
+    need = training_bytes(model, -(-batch_size // devices))
     if need > free_bytes:
         raise UserError(
             f"This model and batch need at least {need / 2**30:.3g} GiB on a device "
-            f"(--image-size {cfg.image_size}, --latent-dim {cfg.latent_dim}, --gen-features "
-            f"{cfg.gen_features}, --dis-features {cfg.dis_features}, --channels "
-            f"{cfg.channels}, --batch-size {cfg.batch_size}), and it has "
+            f"(--image-size {model.image_size}, --latent-dim {model.latent_dim}, --gen-features "
+            f"{model.gen_features}, --dis-features {model.dis_features}, --channels "
+            f"{model.channels}, --batch-size {batch_size}), and it has "
             f"{free_bytes / 2**30:.3g} GiB free; lower some of them.")
 
 
-def create_train_state(cfg: Config, variables: dict | None = None, seed: int | None = None
+def create_train_state(cfg: StepConfig, seed: int, variables: dict | None = None
                        ) -> TrainState:
-    """A step-0 state, from given variables (e.g. converted from PyTorch) or fresh ones."""
-    key = jax.random.PRNGKey(cfg.seed if seed is None else seed)
+    """A step-0 state for the run's `--seed`, from given variables (e.g. converted from
+    PyTorch) or fresh ones."""
+    key = jax.random.key(seed)
     init_key, rng = jax.random.split(key)
     variables = variables or init_variables(cfg.model, init_key)
-    if cfg.dtype == "float64":  # everything in float64, as the parity tests compare it
+    if cfg.model.numerics.dtype == "float64":  # all in float64, as the parity tests compare it
         if not jax.config.jax_enable_x64:
             raise UserError("--dtype float64 needs JAX's 64-bit mode: `jax-dcgan train` turns "
                             "it on; in Python wrap the call in runtime.float64_mode('float64') "
@@ -94,11 +99,11 @@ def normalize_images(images: jax.Array, dtype: Any) -> jax.Array:
     return ((x - 0.5) / 0.5).astype(dtype)
 
 
-def _local(x: jax.Array, axis_name: str | None) -> jax.Array:
+def _device_rows(x: jax.Array, axis_name: str | None) -> jax.Array:
     """This device's rows of an array drawn for the global batch."""
     if axis_name is None:
         return x
-    size = x.shape[0] // lax.psum(1, axis_name)
+    size = x.shape[0] // lax.axis_size(axis_name)
     return lax.dynamic_slice_in_dim(x, lax.axis_index(axis_name) * size, size)
 
 
@@ -110,14 +115,16 @@ def step_key(state: TrainState) -> jax.Array:
     return jax.random.fold_in(state.rng, state.step)
 
 
-def draw_step_randomness(key: jax.Array, cfg: Config, global_batch: int) -> dict[str, jax.Array]:
+def draw_step_randomness(key: jax.Array, cfg: StepConfig, global_batch: int
+                         ) -> dict[str, jax.Array]:
     """Noise and label targets for one step's global batch (also used by the parity tests)."""
     k_noise, k_gen, k_flip = jax.random.split(key, 3)
     real = 1.0 - cfg.label_smoothing
     flip = jax.random.bernoulli(k_flip, cfg.label_flip, (2, global_batch))
     return {
-        "noise": jax.random.normal(k_noise, (global_batch, cfg.latent_dim), jnp.float32),
-        "gen_noise": jax.random.normal(k_gen, (global_batch, cfg.latent_dim), jnp.float32),
+        "noise": jax.random.normal(k_noise, (global_batch, cfg.model.latent_dim), jnp.float32),
+        "gen_noise": jax.random.normal(k_gen, (global_batch, cfg.model.latent_dim),
+                                       jnp.float32),
         "real_target": jnp.where(flip[0], 0.0, real),
         "fake_target": jnp.where(flip[1], real, 0.0),
     }
@@ -128,15 +135,15 @@ def _bce(logits: jax.Array, target: jax.Array | float) -> jax.Array:
     return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, target))
 
 
-def train_step(state: TrainState, images: jax.Array, *, cfg: Config,
+def train_step(state: TrainState, images: jax.Array, *, cfg: StepConfig,
                axis_name: str | None = None) -> tuple[TrainState, jax.Array]:
     """One D update then one G update on this device's share of the global batch; metrics
     (len(METRICS),), averaged over devices."""
     gen, dis = Generator(cfg.model, axis_name), Discriminator(cfg.model, axis_name)
     tx_g, tx_d = optimizers(cfg)
-    dtype = DTYPES[cfg.dtype]
-    devices = 1 if axis_name is None else lax.psum(1, axis_name)
-    rand = jax.tree.map(lambda x: _local(x, axis_name),
+    dtype = DTYPES[cfg.model.numerics.dtype]
+    devices = 1 if axis_name is None else lax.axis_size(axis_name)
+    rand = jax.tree.map(lambda x: _device_rows(x, axis_name),
                         draw_step_randomness(step_key(state), cfg, images.shape[0] * devices))
     real = normalize_images(images, dtype)
 
@@ -204,7 +211,7 @@ def train_step(state: TrainState, images: jax.Array, *, cfg: Config,
     return new_state, metrics
 
 
-def train_steps(state: TrainState, batches: jax.Array, *, cfg: Config,
+def train_steps(state: TrainState, batches: jax.Array, *, cfg: StepConfig,
                 axis_name: str | None = None) -> tuple[TrainState, jax.Array]:
     """len(batches) steps in one device call; metrics (steps, len(METRICS)).
 
@@ -218,12 +225,12 @@ def train_steps(state: TrainState, batches: jax.Array, *, cfg: Config,
     return lax.scan(step, state, batches)
 
 
-def jit_train_steps(cfg: Config):
+def jit_train_steps(cfg: StepConfig):
     """(state, batches[K, B, H, W, C] uint8) -> (state, metrics[K, 4]) on one device."""
     return jax.jit(functools.partial(train_steps, cfg=cfg), donate_argnums=0)
 
 
-def pmap_train_steps(cfg: Config, devices=None):
+def pmap_train_steps(cfg: StepConfig, devices=None):
     """The same over devices: state replicated, batches (D, K, B/D, H, W, C).
 
     With several processes (`devices` None), D is this process's device count and

@@ -9,22 +9,26 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from jax_dcgan.config import ModelConfig
 from jax_dcgan.common.files import atomic_write
+from jax_dcgan.config import ModelConfig
 from jax_dcgan.model.networks import Generator
 
+BN_STATS = ("batch", "running")  # what BatchNorm normalises with when sampling (`--bn`)
 
-@functools.partial(jax.jit, static_argnames=("cfg", "batch_stats_mode"))
-def generate(cfg: ModelConfig, generator: dict, noise: jax.Array, batch_stats_mode: bool
+
+@functools.partial(jax.jit, static_argnames=("cfg", "bn"))
+def generate(cfg: ModelConfig, generator: dict, noise: jax.Array, bn: str = "batch"
              ) -> jax.Array:
     """Images in [-1, 1] for `noise` (N, latent).
 
-    `batch_stats_mode` normalises with the batch's own statistics, as the lecture's
-    grids do (its model stays in train mode); the updated running statistics are
-    discarded, so sampling never changes a model. Otherwise the running statistics
-    are used (eval mode).
+    `bn` "batch" normalises with the batch's own statistics, as the lecture's grids
+    do (its model stays in train mode); the updated running statistics are
+    discarded, so sampling never changes a model. "running" uses the running
+    statistics (eval mode).
     """
-    if batch_stats_mode:
+    if bn not in BN_STATS:
+        raise ValueError(f"bn must be one of {BN_STATS}, not {bn!r}")
+    if bn == "batch":
         return grid_pass(cfg, generator, noise)[0]
     variables = {"params": generator["params"], "batch_stats": generator["batch_stats"]}
     return Generator(cfg).apply(variables, noise, train=False)
@@ -49,17 +53,17 @@ GRID_IMAGES = 64  # the lecture's 8x8 grid of fixed noise
 
 
 def draw_noise(latent_dim: int, num: int, seed: int) -> jax.Array:
-    return jax.random.normal(jax.random.PRNGKey(seed), (num, latent_dim), jnp.float32)
+    return jax.random.normal(jax.random.key(seed), (num, latent_dim), jnp.float32)
 
 
 def generate_images(cfg: ModelConfig, generator: dict, num: int, seed: int = 0,
-                    chunk: int = 128, batch_stats: bool = True) -> jax.Array:
+                    chunk: int = 128, bn: str = "batch") -> jax.Array:
     """`num` images in [-1, 1] from noise drawn with `seed`, generated `chunk` at a time (each
-    normalised by its own statistics with `batch_stats`, as in training); returned without
+    normalised by its own statistics with `bn` "batch", as in training); returned without
     waiting for the device."""
     noise = draw_noise(cfg.latent_dim, num, seed)
     chunk = min(chunk, num)
-    return jnp.concatenate([generate(cfg, generator, noise[i:i + chunk], batch_stats)
+    return jnp.concatenate([generate(cfg, generator, noise[i:i + chunk], bn)
                             for i in range(0, num, chunk)])
 
 

@@ -29,10 +29,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_dcgan.config import FID_MODES
 from jax_dcgan.common.errors import UserError
 from jax_dcgan.common.files import atomic_write
 from jax_dcgan.common.optional import import_torch
+from jax_dcgan.config import FID_MODES
 
 SIZE = 299
 FEATURES = 2048

@@ -21,10 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_dcgan.quality import inception
 from jax_dcgan.common.errors import UserError, summarize
 from jax_dcgan.common.files import atomic_write
 from jax_dcgan.common.optional import import_torch
+from jax_dcgan.quality import inception
 
 COLLAPSE_RATIO = 0.3  # diversity below this fraction of the data's counts as collapse
 

@@ -1,7 +1,7 @@
 """`jax-dcgan compile`: the training step as `train` runs it, compiled for an accelerator this
 machine need not have, read, and costed.
 
-The call is the loop's own: `Layout.step_function` of the run's configuration
+The call is the loop's own: `Parallelism.step_function` of the run's configuration
 (`auto` convolutions resolved for the target's platform), the train state and the
 uint8 batches placed as `train` places them, one program of K steps (`lax.scan`)
 and one of a single step, as a run compiles. K is the flag's, or chosen as `train`
@@ -35,15 +35,14 @@ import jax
 import numpy as np
 
 from jax_dcgan.common import runtime
-from jax_dcgan.config import Config
-from jax_dcgan.training.dispatch import Plan, choose_steps_per_dispatch
 from jax_dcgan.common.errors import UserError, check_batch_split, summarize
 from jax_dcgan.common.files import write_text
-from jax_dcgan.tools.hlo import Program, xla_costs
-from jax_dcgan.model.layers import resolve_conv_impl
-from jax_dcgan.training.parallel import Layout
+from jax_dcgan.config import Config
 from jax_dcgan.model.step import check_fits, create_train_state
+from jax_dcgan.tools.hlo import Program, xla_costs
 from jax_dcgan.tools.targets import TARGETS, Target, compile_only_devices, of_device_kind, target
+from jax_dcgan.training.dispatch import Plan, choose_steps_per_dispatch
+from jax_dcgan.training.parallel import Parallelism
 
 CELEBA_TRAIN_IMAGES = 162_770
 # Assumed until measured: the time a GPU spends per kernel of a step beyond the kernel's own
@@ -61,6 +60,7 @@ WIRE_FACTOR = {"all-reduce": lambda n: 2 * (n - 1) / n, "all-gather": lambda n: 
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
+    """One program `jax-dcgan compile` builds: a target, a device count, a dtype, a backend."""
     target: str
     devices: int
     dtype: str
@@ -82,14 +82,16 @@ def celeba_plan(cfg: Config) -> Plan:
     return Plan(steps_per_epoch, cfg.epochs * steps_per_epoch, cfg.checkpoint_every, 1)
 
 
-def compile_program(cfg: Config, layout: Layout, steps: int):
-    """The compiled call of `steps` steps that `train` dispatches on `layout`, kept out of
+def compile_program(cfg: Config, parallelism: Parallelism, steps: int):
+    """The compiled call of `steps` steps that `train` dispatches on `parallelism`, kept out of
     JAX's persistent cache (`runtime.no_persistent_cache`)."""
-    state = layout.placed_shapes(jax.eval_shape(lambda: create_train_state(cfg)))
-    batches = layout.batches_shape(steps, cfg.batch_size,
-                                   (cfg.image_size, cfg.image_size, cfg.channels))
+    state = parallelism.placed_shapes(
+        jax.eval_shape(lambda: create_train_state(cfg.step, cfg.seed)))
+    batches = parallelism.batches_shape(steps, cfg.batch_size,
+                                        (cfg.image_size, cfg.image_size, cfg.channels))
     with runtime.no_persistent_cache():
-        return layout.step_function(cfg).lower(state, batches).compile()
+        step_fn = parallelism.step_function(cfg.step_config(cfg.numerics(parallelism.platform)))
+        return step_fn.lower(state, batches).compile()
 
 
 def predict(counts: dict, t: Target, dtype: str, devices: int) -> dict:
@@ -150,12 +152,12 @@ def _memory(compiled, t: Target) -> dict:
             "fraction_of_device": used / t.memory_bytes}
 
 
-def _compiled(cfg: Config, layout: Layout, steps: int) -> tuple[Any, Program, float]:
+def _compiled(cfg: Config, parallelism: Parallelism, steps: int) -> tuple[Any, Program, float]:
     start = time.perf_counter()
     try:
-        compiled = compile_program(cfg, layout, steps)
+        compiled = compile_program(cfg, parallelism, steps)
     except (RuntimeError, ValueError, OverflowError, MemoryError) as e:  # XLA's refusals
-        raise UserError(f"XLA could not compile the step for {layout.devices[0].device_kind} "
+        raise UserError(f"XLA could not compile the step for {parallelism.devices[0].device_kind} "
                         f"({summarize(e)}); sizes this large do not fit its shapes or this "
                         "machine's memory.") from None
     return compiled, Program.read(compiled.as_text()), time.perf_counter() - start
@@ -172,10 +174,10 @@ def compile_variant(cfg: Config, variant: Variant, steps_per_dispatch: int,
     check_batch_split(run_cfg.batch_size, variant.devices)
     plan = celeba_plan(run_cfg)
     with runtime.float64_mode(variant.dtype):
-        layout = Layout(compile_only_devices(t, variant.devices))
-        run_cfg = run_cfg.replace(conv_impl=resolve_conv_impl(run_cfg.conv_impl, layout.platform))
+        parallelism = Parallelism(compile_only_devices(t, variant.devices))
+        run_cfg = run_cfg.replace(conv_impl=run_cfg.numerics(parallelism.platform).conv)
         variant = dataclasses.replace(variant, conv_impl=run_cfg.conv_impl)
-        programs = {1: _compiled(run_cfg, layout, 1)}
+        programs = {1: _compiled(run_cfg, parallelism, 1)}
         # TPU programs hold their convolutions in fusions, with input dilation done by the
         # hardware: XLA's own count of the one-step program is the better one there.
         xla_count = xla_costs(programs[1][0]) if t.platform == "tpu" else {}
@@ -186,8 +188,9 @@ def compile_variant(cfg: Config, variant: Variant, steps_per_dispatch: int,
                           variant.devices)
             k = choose_steps_per_dispatch(one["step_s"], plan.segments())
         if k > 1:
-            programs[k] = _compiled(run_cfg, layout, k)
-        leaves = len(jax.tree.leaves(jax.eval_shape(lambda: create_train_state(run_cfg))))
+            programs[k] = _compiled(run_cfg, parallelism, k)
+        leaves = len(jax.tree.leaves(jax.eval_shape(
+            lambda: create_train_state(run_cfg.step, run_cfg.seed))))
     compiled, program, seconds = programs[k]
     counts = {**_counts(program, k), **xla_count}
     model = predict(counts, t, variant.dtype, variant.devices)
@@ -216,14 +219,14 @@ def _local_call(cfg: Config, v: dict, calls: int):
     """The variant's K-step call compiled for this machine's devices, and a timer of `calls`
     calls back to back on device-resident batches: (program, seconds per step of a repeat)."""
     from jax_dcgan.tools import bench
-    layout = Layout(jax.local_devices()[:v["devices"]])
+    parallelism = Parallelism(jax.local_devices()[:v["devices"]])
     k = v["steps_per_dispatch"]
-    state = layout.put(create_train_state(cfg))
-    shape = layout.batches_shape(k, cfg.batch_size, (cfg.image_size, cfg.image_size,
-                                                     cfg.channels))
+    state = parallelism.put(create_train_state(cfg.step, cfg.seed))
+    shape = parallelism.batches_shape(k, cfg.batch_size,
+                                      (cfg.image_size, cfg.image_size, cfg.channels))
     batch = jax.device_put(np.random.default_rng(0).integers(0, 256, shape.shape, np.uint8),
-                           layout.batch_sharding)
-    compiled = layout.step_function(cfg).lower(state, batch).compile()
+                           parallelism.batch_sharding)
+    compiled = parallelism.step_function(cfg.step).lower(state, batch).compile()
     run = bench.carried_calls(compiled, state, lambda _: batch, k, calls)
     run()  # the first call loads and warms up
     return Program.read(compiled.as_text()), bench.per_step_timer(run, k * calls)
@@ -283,8 +286,8 @@ def run(cfg: Config, variants: list[Variant], steps_per_dispatch: int,
               "jax": jax.__version__, "model_assumptions": assumptions(), "variants": []}
     celeba_plan(cfg)  # a batch larger than CelebA is refused before its memory is counted
     for variant in variants:
-        check_fits(cfg.replace(dtype=variant.dtype), target(variant.target).memory_bytes,
-                   variant.devices)
+        check_fits(cfg.replace(dtype=variant.dtype).model, cfg.batch_size,
+                   target(variant.target).memory_bytes, variant.devices)
     measuring = []  # each variant is timed once as soon as it is built (a run cut short
     for variant in variants:  # keeps what it measured), then in interleaved rounds
         result["variants"].append(compile_variant(cfg, variant, steps_per_dispatch, hlo_dir))

@@ -43,26 +43,26 @@ import numpy as np
 from flax import linen as nn
 
 from jax_dcgan.common import runtime
-
-from jax_dcgan.training import rundir
+from jax_dcgan.common.errors import check_batch_split, summarize
+from jax_dcgan.common.files import write_text
+from jax_dcgan.common.optional import import_torch
 from jax_dcgan.config import BENCH_VARIANTS, Config
 from jax_dcgan.data.dataset import cache_root
-from jax_dcgan.common.errors import check_batch_split, summarize
-from jax_dcgan.training.feeding import Batches
-from jax_dcgan.common.files import write_text
-from jax_dcgan.tools.hlo import Program, xla_costs
 from jax_dcgan.model.layers import Conv, ConvTranspose, conv2d, conv_transpose2d
 from jax_dcgan.model.networks import DTYPES, Discriminator, Generator
-from jax_dcgan.common.optional import import_torch
-from jax_dcgan.training.parallel import Layout, device_sharding, replicate
-from jax_dcgan.outputs.plots import read_metrics, steady_images_per_s
 from jax_dcgan.model.step import check_fits, create_train_state, jit_train_steps, pmap_train_steps
+from jax_dcgan.outputs.plots import read_metrics, steady_images_per_s
+from jax_dcgan.tools.hlo import Program, xla_costs
 from jax_dcgan.tools.targets import peak_flops
+from jax_dcgan.training import rundir
+from jax_dcgan.training.feeding import Batches
 from jax_dcgan.training.loop import train
+from jax_dcgan.training.parallel import Parallelism, device_sharding, replicate
 
 
 @dataclasses.dataclass
 class Timed:
+    """One variant of the benchmark, ready to time: its name, framework and step timer."""
     name: str
     framework: str
     measure: Callable[[], float] | None  # seconds per step of one timed repeat
@@ -149,9 +149,9 @@ def carried_calls(step, state, batch_of: Callable[[int], jax.Array], steps_per_c
 
 def compile_step(cfg: Config, device) -> tuple[Callable, object, jax.Array]:
     """The one-step program on `device`, compiled ahead of time: (callable, state, batch)."""
-    state = jax.device_put(create_train_state(cfg), device)
+    state = jax.device_put(create_train_state(cfg.step, cfg.seed), device)
     batch = jax.device_put(_images(cfg, cfg.batch_size)[None], device)
-    return jit_train_steps(cfg).lower(state, batch).compile(), state, batch
+    return jit_train_steps(cfg.step).lower(state, batch).compile(), state, batch
 
 
 def jit_variant(cfg: Config, steps: int, impl: str) -> Timed:
@@ -170,12 +170,12 @@ def jit_variant(cfg: Config, steps: int, impl: str) -> Timed:
 
 def pmap_variant(cfg: Config, steps: int, devices: list) -> Timed:
     d = len(devices)
-    step = pmap_train_steps(cfg, devices)
+    step = pmap_train_steps(cfg.step, devices)
     batch = jax.device_put(_images(cfg, cfg.batch_size).reshape(d, 1, cfg.batch_size // d,
                                                                 *([cfg.image_size] * 2), -1),
                            device_sharding(devices))
-    run = carried_calls(step, replicate(create_train_state(cfg), devices), lambda _: batch, 1,
-                        steps)
+    state = replicate(create_train_state(cfg.step, cfg.seed), devices)
+    run = carried_calls(step, state, lambda _: batch, 1, steps)
     return Timed(f"jax-pmap ({d} device{'s' if d > 1 else ''})", "jax",
                  per_step_timer(run, steps), _first_call(run))
 
@@ -184,11 +184,11 @@ def fused_variant(cfg: Config, steps: int, impl: str, calls: int = 4) -> Timed:
     """`calls` calls of `steps` steps each per timed block, dispatched back to back on
     batches gathered on the device: the rate of a device that never waits for the host."""
     device = jax.local_devices()[0]
-    layout = Layout([device])
+    parallelism = Parallelism([device])
     batches = Batches(_images(cfg, cfg.batch_size * steps * 2), cfg.batch_size, cfg.seed,
-                      2 * steps, layout, resident=True)
-    state = jax.device_put(create_train_state(cfg), device)
-    run = carried_calls(jit_train_steps(cfg.replace(conv_impl=impl)), state,
+                      parallelism, resident=True)
+    state = jax.device_put(create_train_state(cfg.step, cfg.seed), device)
+    run = carried_calls(jit_train_steps(cfg.replace(conv_impl=impl).step), state,
                         lambda position: batches.get(position % (2 * steps), steps), steps, calls)
     return Timed(f"jax-fused-{impl} ({steps} steps/call)", "jax",
                  per_step_timer(run, steps * calls), _first_call(run))
@@ -230,7 +230,8 @@ def run(cfg: Config, steps: int, repeats: int, variants: tuple[str, ...], device
     local = jax.local_devices()
     devices_used = local[:devices or len(local)]
     check_batch_split(cfg.batch_size, len(devices_used))
-    check_fits(cfg, runtime.device_free_bytes(local[0]))  # the single-device variants
+    # The single-device variants.
+    check_fits(cfg.model, cfg.batch_size, runtime.device_free_bytes(local[0]))
     if cfg.compilation_cache:
         runtime.enable_compilation_cache(cache_root(cfg))
     builders = {
@@ -346,7 +347,7 @@ def conv_layers(cfg: Config) -> list[tuple[str, object, tuple[int, ...]]]:
             found.append((f"{net}.{module.name}", module, args[0].shape))
         return call(*args, **kwargs)
 
-    model, b, key = cfg.model, cfg.batch_size, jax.random.PRNGKey(0)
+    model, b, key = cfg.model, cfg.batch_size, jax.random.key(0)
     with nn.intercept_methods(record):
         net = "generator"
         jax.eval_shape(functools.partial(Generator(model).init, train=False), key,

@@ -63,6 +63,7 @@ def shape_dims(shape: str) -> list[list[int]]:
 
 @dataclasses.dataclass(frozen=True)
 class Instruction:
+    """One instruction of a compiled program's HLO text."""
     name: str
     shape: str           # the result's shape, e.g. "f32[128,4,4,512]{3,2,1,0}" or a tuple
     opcode: str

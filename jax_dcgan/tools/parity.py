@@ -21,14 +21,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_dcgan.common import runtime
+from jax_dcgan.common.optional import import_torch
 from jax_dcgan.config import Config
 from jax_dcgan.model.convert import from_state_dict, to_state_dict
 from jax_dcgan.model.layers import conv2d, conv_transpose2d
 from jax_dcgan.model.networks import Discriminator, Generator, leaky_relu, torch_layer_indices
-from jax_dcgan.common.optional import import_torch
-from jax_dcgan.training.parallel import device_sharding, replicate
 from jax_dcgan.model.step import (create_train_state, draw_step_randomness, jit_train_steps,
-                            metrics_dict, normalize_images, pmap_train_steps, step_key)
+                                  metrics_dict, normalize_images, pmap_train_steps, step_key)
+from jax_dcgan.training.checkpoint import raw_key
+from jax_dcgan.training.parallel import device_sharding, replicate
 
 torch = import_torch()
 from torch_reference import DCGAN, make_optimizers, train_step  # noqa: E402
@@ -47,6 +48,7 @@ TRAIN_BN = (f"{F32}; train-mode BatchNorm divides by each channel's batch std, w
 
 @dataclasses.dataclass(frozen=True)
 class Row:
+    """One comparison of the parity report: what, the largest difference, its tolerance."""
     check: str
     measured: float | None  # None: not compared here (`why` says why)
     tolerance: float | None  # None: information, not a pass/fail comparison
@@ -156,14 +158,14 @@ def run_both(cfg: Config, steps: int, batch: int, dtype=None, seed: int = 0,
     dtype = dtype or torch.float32
     model = torch_model(cfg, seed, dtype, state_dict, device)
     opt_g, opt_d = make_optimizers(model, cfg.lr_g, cfg.lr_d, (cfg.beta1, cfg.beta2), cfg.eps)
-    state = create_train_state(cfg, jax_variables(model, cfg), seed=seed)
-    step = jit_train_steps(cfg)
+    state = create_train_state(cfg.step, seed, jax_variables(model, cfg))
+    step = jit_train_steps(cfg.step)
     own_labels = cfg.label_smoothing == 0 and cfg.label_flip == 0
     logs, metrics = [], []
     tensor = lambda a: torch.tensor(np.asarray(a), dtype=dtype, device=device)
     for i in range(steps):
         data = images(cfg, batch, seed=100 + i)
-        rand = draw_step_randomness(step_key(state), cfg, batch)
+        rand = draw_step_randomness(step_key(state), cfg.step, batch)
         logs.append(train_step(
             model, opt_g, opt_d, to_torch_images(data, dtype, device),
             torch_noise(rand["noise"], dtype, device),
@@ -502,14 +504,14 @@ def multi_device(setup: Setup, batch: int = 8) -> list[Row]:
         cfg = setup.cfg.replace(dtype=dtype)
         data = images(cfg, batch)[None]
         variables = jax_variables(torch_model(cfg, state_dict=setup.state_dict), cfg)
-        state = create_train_state(cfg, variables)  # float64 leaves in float64 mode
+        state = create_train_state(cfg.step, cfg.seed, variables)  # float64 leaves in float64 mode
         devices = jax.local_devices()[:count]
         replicated = replicate(state, devices)
-        single, m_single = jit_train_steps(cfg)(state, jnp.asarray(data))
+        single, m_single = jit_train_steps(cfg.step)(state, jnp.asarray(data))
         shards = jax.device_put(data.reshape(1, count, batch // count, *data.shape[2:])
                                 .swapaxes(0, 1), device_sharding(devices))
-        multi, m_multi = pmap_train_steps(cfg, devices)(replicated, shards)
-        leaves = list(zip(jax.tree.leaves(multi), jax.tree.leaves(single)))
+        multi, m_multi = pmap_train_steps(cfg.step, devices)(replicated, shards)
+        leaves = list(zip(jax.tree.leaves(raw_key(multi)), jax.tree.leaves(raw_key(single))))
         spread = max(float(np.abs(np.asarray(a) - np.asarray(a)[:1]).max()) for a, _ in leaves)
         diff = _max((np.asarray(a)[0], b) for a, b in leaves)
     tolerance, why = (1e-9, F64) if setup.float64 else (
@@ -586,7 +588,7 @@ def backends(setup: Setup) -> list[Row]:
     with float64():
         states = [run_both(SMALL_CFG.replace(dtype="float64", conv_impl=impl), 12, 8,
                            torch.float64, device=setup.device)[3] for impl in CONV_IMPLS]
-        steps_diff = _max(zip(*map(jax.tree.leaves, states)))
+        steps_diff = _max(zip(*(jax.tree.leaves(raw_key(s)) for s in states)))
     return [Row("each layer kind, float64: values (up to ~100) and gradients, max", layers_diff,
                 1e-10, F64),
             Row("12 steps, float64 (widths 8, seed-0 init): whole state, max", steps_diff,

@@ -89,6 +89,7 @@ class GpuProperties:
 
 @dataclasses.dataclass(frozen=True)
 class Target:
+    """An accelerator to compile for: its datasheet peaks, memory and XLA target description."""
     name: str
     device_kind: str                  # as jax.Device.device_kind names it
     platform: str                     # "cuda" or "tpu"

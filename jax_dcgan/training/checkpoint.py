@@ -18,8 +18,8 @@ import orbax.checkpoint as ocp
 import tensorstore as ts
 
 from jax_dcgan.common import runtime
-from jax_dcgan.config import Config
 from jax_dcgan.common.errors import UserError, summarize
+from jax_dcgan.config import Config
 from jax_dcgan.model.step import TrainState, create_train_state
 
 RUN_SUBDIR = "checkpoints"
@@ -45,7 +45,8 @@ class Checkpoints:
             return
         with self._reporting(f"step {step}"):
             self._manager.save(step, args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(cfg.to_dict()),
+                state=ocp.args.StandardSave(raw_key(state)),
+                config=ocp.args.JsonSave(cfg.to_dict()),
                 progress=ocp.args.JsonSave(progress or {})))
 
     def latest_step(self) -> int | None:
@@ -79,14 +80,14 @@ class Checkpoints:
         with runtime.float64_mode(cfg.dtype):
             abstract = jax.tree.map(
                 lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
-                jax.eval_shape(lambda: create_train_state(cfg)))
+                _stored_shapes(cfg))
             try:
                 state = self._manager.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract))).state
             except Exception as e:  # readable but not this configuration's tree
                 raise _unreadable(path, _first_mismatch(os.path.join(path, "state"), cfg)
                                   or summarize(e)) from None
-        return state, cfg, progress
+        return state.replace(rng=jax.random.wrap_key_data(state.rng)), cfg, progress
 
     def wait(self) -> None:
         with self._reporting("the last checkpoint"):
@@ -113,6 +114,17 @@ class Checkpoints:
             self.wait()
         finally:
             self._manager.close()
+
+
+def raw_key(state: TrainState) -> TrainState:
+    """`state` with its typed key as the key's raw uint32 data: what checkpoints hold (orbax
+    cannot store typed keys, and 0.2 stored the same data) and what NumPy can compare."""
+    return state.replace(rng=jax.random.key_data(state.rng))
+
+
+def _stored_shapes(cfg: Config) -> TrainState:
+    """The shapes and dtypes a checkpoint of `cfg` holds."""
+    return jax.eval_shape(lambda: raw_key(create_train_state(cfg.step, cfg.seed)))
 
 
 def restart_advice(directory: str, processes: int) -> str:
@@ -153,7 +165,7 @@ def _first_mismatch(directory: str, cfg: Config) -> str | None:
         shapes = {m.name: tuple(m.shape) for m in jax.tree.leaves(stored)}
     except Exception:  # no readable metadata: the generic message will do
         return None
-    abstract = jax.eval_shape(lambda: create_train_state(cfg))
+    abstract = _stored_shapes(cfg)
     for path, leaf in jax.tree_util.tree_leaves_with_path(abstract):
         name = ".".join(str(getattr(k, "name", getattr(k, "key", getattr(k, "idx", k))))
                         for k in path)
@@ -186,6 +198,6 @@ def load_checkpoint(path: str) -> tuple[TrainState, Config]:
     state, cfg, _ = Checkpoints(directory, read_only=True).restore(step)
     if cfg.dtype == "float64":
         state = jax.tree.map(lambda a: a.astype(np.float32)
-                             if np.issubdtype(a.dtype, np.floating) else a, state)
+                             if jax.dtypes.issubdtype(a.dtype, np.floating) else a, state)
         cfg = cfg.replace(dtype="float32")
     return state, cfg

@@ -33,6 +33,7 @@ LAST_STEP = 2 ** 31 - 1  # the step counters (the state's, Adam's) are int32 on 
 
 @dataclasses.dataclass(frozen=True)
 class Dispatch:
+    """One device call: the steps it runs."""
     step: int   # the first step of the call, counting from 0
     count: int  # steps in the call: K or 1
 
@@ -44,6 +45,7 @@ class Dispatch:
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
+    """Where a run's calls begin and end: epochs, checkpoint steps, steps per call."""
     steps_per_epoch: int
     total_steps: int
     checkpoint_every: int   # 0: no checkpoint steps

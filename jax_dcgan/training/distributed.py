@@ -25,7 +25,7 @@ from typing import Callable
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
+from jax._src import distributed as jax_distributed  # the client: no public accessor in JAX
 from jax.experimental import multihost_utils
 
 from jax_dcgan.common.errors import ProcessLost, TrainingStopped, UserError, error_line, summarize
@@ -66,8 +66,8 @@ least 30 s, so that a short timeout does not make the runtime itself hasty).
                         "process got the same coordinator address and process count, a "
                         "distinct process id, and that the coordinator's port is reachable."
                         ) from None
-    _cluster = (ocp.multihost.get_jax_distributed_client(), jax.process_index(),
-                jax.process_count(), heartbeat_timeout_s)
+    _cluster = (jax_distributed.global_state.client, jax.process_index(), jax.process_count(),
+                heartbeat_timeout_s)
 
 
 def is_primary() -> bool:
@@ -78,13 +78,14 @@ def barrier(name: str, timeout_s: int = 1800) -> None:
     """Wait until every process gets here (however long the first one takes to build the
     dataset cache), then run one collective over all devices together.
 
-    The wait is the coordination service's, not a device collective: a CPU run's gloo
+    The wait is the coordination service's, not a device collective (as
+    `multihost_utils.sync_global_devices` is, without a timeout): a CPU run's gloo
     collectives give up after 30 s when their first use on a set of devices is that far
     apart across processes; the collective afterwards makes that first use here, at once.
     """
     if jax.process_count() == 1:
         return
-    ocp.multihost.get_barrier_sync_fn()(key=f"jax-dcgan: {name}", timeout_ms=1000 * timeout_s)
+    jax_distributed.global_state.client.wait_at_barrier(f"jax-dcgan: {name}", 1000 * timeout_s)
     jax.block_until_ready(jax.pmap(lambda x: jax.lax.psum(x, "all"), "all")(
         np.zeros(jax.local_device_count(), np.int32)))
 

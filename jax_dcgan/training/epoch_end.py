@@ -19,21 +19,21 @@ import queue
 import threading
 import time
 import warnings
-from typing import Callable
+from concurrent import futures
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from jax_dcgan.common import runtime
-
-from jax_dcgan.outputs import pictures, plots
-
-from jax_dcgan.quality import metrics
-from jax_dcgan.config import Config, ModelConfig
-from jax_dcgan.training.dispatch import Plan
 from jax_dcgan.common.errors import TrainingStopped, UserError
-from jax_dcgan.training.rundir import RunDir
-from jax_dcgan.outputs.sample import GRID_IMAGES, generate_images, make_grid, sampling_generator, save_png
-from jax_dcgan.training.writers import ConsoleWriter, History, Writers
+from jax_dcgan.outputs import pictures, plots
+from jax_dcgan.outputs.sample import (GRID_IMAGES, generate_images, make_grid, sampling_generator,
+                                      save_png)
+from jax_dcgan.quality import metrics
+from jax_dcgan.training.writers import Kind
+
+if TYPE_CHECKING:  # the loop imports this module, and makes the run
+    from jax_dcgan.training.loop import Run
 
 PLOT_SECONDS = 30.0  # the loss plot is drawn at most this often, and at the end
 ANIMATION_SECONDS = 180.0  # progress.webp likewise (it reads every epoch's grid)
@@ -43,57 +43,66 @@ QUEUED_EPOCHS = 2  # the loop waits rather than let slower outputs (FID on a CPU
 
 
 class Background:
-    """Tasks run in order in one daemon thread (a process may exit while one runs; its files
-    are written atomically); `check` raises, in the caller's thread, the first exception a
-    task raised."""
+    """Tasks run in order in one daemon thread, each behind a `concurrent.futures.Future`;
+    `check` raises, in the caller's thread, the first exception a task raised, and the
+    tasks after it are skipped. Not a ThreadPoolExecutor: the interpreter joins its
+    threads at exit, and a process must be able to exit while a task runs (its files are
+    written atomically)."""
 
     def __init__(self):
-        self.tasks: queue.Queue = queue.Queue()
-        self.failure: BaseException | None = None
-        self.unfinished, self.idle = 0, threading.Condition()
+        self.tasks: queue.SimpleQueue = queue.SimpleQueue()
+        self.futures: collections.deque[futures.Future] = collections.deque()  # oldest first
         threading.Thread(target=self._run, daemon=True, name="epoch-end").start()
 
     def _run(self) -> None:
-        while (task := self.tasks.get()) is not None:
-            try:
-                if self.failure is None:
-                    task()
-            except BaseException as e:  # handed to the loop by check()
-                self.failure = e
-            with self.idle:
-                self.unfinished -= 1
-                self.idle.notify_all()
+        failed = False
+        while (item := self.tasks.get()) is not None:
+            future, task = item
+            if failed:
+                future.cancel()
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(task())
+                except BaseException as e:  # handed to the loop by check()
+                    future.set_exception(e)
+                    failed = True
 
     def submit(self, task: Callable[[], None], room: int | None = None,
                stop_requested: Callable[[], bool] = lambda: False) -> None:
         """Queue `task`, first waiting until fewer than `room` tasks are unfinished, unless
         a stop is requested meanwhile (a signal must not wait for an evaluation)."""
-        with self.idle:
-            while room is not None and self.unfinished >= room and not stop_requested():
-                self.idle.wait(timeout=0.5)
-            self.unfinished += 1
-        self.tasks.put(task)
+        while room is not None and not stop_requested():
+            unfinished = [f for f in self.futures if not f.done()]
+            if len(unfinished) < room:
+                break
+            futures.wait(unfinished, timeout=0.5, return_when=futures.FIRST_COMPLETED)
+        future: futures.Future = futures.Future()
+        self.futures.append(future)
+        self.tasks.put((future, task))
 
     def check(self) -> None:
-        if self.failure is not None:
-            raise self.failure
+        while self.futures and self.futures[0].done():  # a failed task stays first
+            if (failure := self.futures[0].exception()) is not None:
+                raise failure
+            self.futures.popleft()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Whether every task submitted so far finished within `timeout` seconds."""
-        with self.idle:
-            return self.idle.wait_for(lambda: self.unfinished == 0, timeout)
+        return not futures.wait(self.futures, timeout).not_done
 
     def close(self) -> None:
         self.tasks.put(None)
 
 
 class EpochEnd:
-    def __init__(self, run: RunDir, cfg: Config, model: ModelConfig, plan: Plan,
-                 images: np.ndarray, writers: Writers, console: ConsoleWriter, history: History,
-                 best_diversity: float):
-        self.run, self.cfg, self.model, self.plan, self.images = run, cfg, model, plan, images
-        self.writers, self.console, self.history = writers, console, history
-        self.best_diversity = best_diversity
+    """Each epoch end's grid, diversity monitor, plots and evaluations, for the first
+    process; the run's directory, configuration and writers come from `run`."""
+
+    def __init__(self, run: Run, images: np.ndarray):
+        self.directory, self.cfg, self.images = run.directory, run.cfg, images
+        self.model, self.plan = run.step_cfg.model, run.plan
+        self.writers = run.writers
+        self.best_diversity = run.progress.best_diversity
         chosen = np.random.default_rng(0).choice(len(images), min(GRID_IMAGES, len(images)),
                                                  replace=False)
         self.real = np.asarray(images[np.sort(chosen)])  # also shown beside the last grid
@@ -105,9 +114,11 @@ class EpochEnd:
         self.started = self.last_plot = self.last_epoch = time.perf_counter()
         self.last_animation = self.started
         self.inception: metrics.JaxInception | None = None
-        if cfg.eval_every:  # on the training device, beside training; at the start, so that
-            try:  # a network that cannot load only drops FID
-                self.inception = metrics.JaxInception(cfg.fid_mode)
+        # FID's network on the training device, beside training; loaded at the start, so
+        # that one that cannot load only drops FID.
+        if self.cfg.eval_every:
+            try:
+                self.inception = metrics.JaxInception(self.cfg.fid_mode)
             except (UserError, OSError) as e:
                 warnings.warn(f"FID is skipped during training: {e}")
 
@@ -146,7 +157,7 @@ class EpochEnd:
         # queued outputs (which show two epochs after the one that made them), included.
         now = time.perf_counter()
         seconds, self.last_epoch = now - self.last_epoch, now
-        self.writers.write_scalars(step, {"epoch": epoch, "diversity": score,
+        self.writers.write_scalars(step, Kind.EPOCH, {"epoch": epoch, "diversity": score,
                                           "diversity_data": self.reference,
                                           "collapsed": bool(collapsed),
                                           "epoch_seconds": round(seconds, 3),
@@ -155,12 +166,13 @@ class EpochEnd:
             message = (f"Epoch {epoch}: the fixed-noise samples look alike (diversity {score:.3f}"
                        f", the data's {self.reference:.3f}): the generator may have collapsed.")
             warnings.warn(message)
-            self.console.message(f"WARNING: {message}")
-        self.console.message(f"Time elapsed: {(time.perf_counter() - self.started) / 60:.2f} min")
+            self.writers.console.message(f"WARNING: {message}")
+        minutes = (time.perf_counter() - self.started) / 60
+        self.writers.console.message(f"Time elapsed: {minutes:.2f} min")
 
     def _outputs(self, step: int, epoch: int, grid: np.ndarray, samples) -> None:
         picture = make_grid(grid)
-        save_png(picture, os.path.join(self.run.samples, f"epoch_{epoch:03d}.png"))
+        save_png(picture, os.path.join(self.directory.samples, f"epoch_{epoch:03d}.png"))
         self.writers.write_images(step, {"fixed_noise": picture})
         self.last_grid = step, grid
         if time.perf_counter() - self.last_plot >= PLOT_SECONDS:
@@ -173,11 +185,11 @@ class EpochEnd:
     def _evaluate(self, step: int, epoch: int, samples: np.ndarray) -> None:
         result = metrics.evaluate(self.images, samples, self.cfg.seed, self.inception)
         # The monitor's own record has this epoch's diversity; this one has the distances.
-        self.writers.write_scalars(step, {
+        self.writers.write_scalars(step, Kind.EVALUATION, {
             "epoch": epoch, "swd": result["swd"], "swd_levels": result["swd_levels"],
             **{k: result[k] for k in ("fid", "kid", "kid_std") if result.get(k) is not None},
             "eval_samples": result["num"]})
-        evals = self.history.evaluations()
+        evals = self.writers.history.evaluations()
         series = {"SWD (x1e3)": ([r["epoch"] for r in evals], [r["swd"] for r in evals])}
         with_fid = [r for r in evals if "fid" in r]
         if with_fid:
@@ -187,17 +199,18 @@ class EpochEnd:
         if with_kid:
             series["KID (x1e3)"] = ([r["epoch"] for r in with_kid],
                                     [1e3 * r["kid"] for r in with_kid])
-        plots.plot_curves(series, self.run.file("quality.png"), "Epoch", "Distance")
+        plots.plot_curves(series, self.directory.file("quality.png"), "Epoch", "Distance")
 
     def animate(self) -> None:
         """progress.webp, of at most ANIMATION_FRAMES grids (the first and the last always).
         A picture that cannot be made is a warning: it must not end the run."""
         self.last_animation = time.perf_counter()
-        grids = len(pictures.epoch_grids(self.run.samples))
+        grids = len(pictures.epoch_grids(self.directory.samples))
         if not grids:
             return
         try:
-            pictures.animate_grids(self.run.samples, self.run.file(pictures.ANIMATION),
+            pictures.animate_grids(self.directory.samples,
+                                   self.directory.file(pictures.ANIMATION),
                                    every=-(-grids // ANIMATION_FRAMES))
         except (UserError, OSError) as e:  # a grid that does not read, a full disk
             warnings.warn(f"progress.webp is not updated: {e}")
@@ -209,13 +222,13 @@ class EpochEnd:
         if self.last_grid is not None:
             step, grid = self.last_grid
             picture = pictures.real_beside_fake(self.real, grid)
-            save_png(picture, self.run.file("real_vs_fake.png"))
+            save_png(picture, self.directory.file("real_vs_fake.png"))
             self.writers.write_images(step, {"real_vs_fake": picture})
 
     def plot_losses(self) -> None:
         self.last_plot = time.perf_counter()
-        steps, d_loss, g_loss = self.history.loss_arrays()
-        plots.plot_losses(steps, d_loss, g_loss, self.run.file("losses.png"),
+        steps, d_loss, g_loss = self.writers.history.loss_arrays()
+        plots.plot_losses(steps, d_loss, g_loss, self.directory.file("losses.png"),
                           self.plan.steps_per_epoch)
 
     def rewind(self, best_diversity: float) -> None:

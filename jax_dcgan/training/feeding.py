@@ -16,10 +16,9 @@ import jax
 import numpy as np
 
 from jax_dcgan.common import runtime
-
 from jax_dcgan.data import dataset
 from jax_dcgan.training.dispatch import Dispatch, Plan
-from jax_dcgan.training.parallel import Layout
+from jax_dcgan.training.parallel import Parallelism
 
 
 def fits_on_device(nbytes: int, device) -> bool:
@@ -32,15 +31,16 @@ class Batches:
     over this process's D devices. With several processes each one takes its own contiguous
     part of every global batch, so it reads only its share of each epoch."""
 
-    def __init__(self, images: np.ndarray, batch_size: int, seed: int, steps_per_epoch: int,
-                 layout: Layout, resident: bool):
+    def __init__(self, images: np.ndarray, batch_size: int, seed: int,
+                 parallelism: Parallelism, resident: bool):
         self.images, self.batch_size, self.seed = images, batch_size, seed
-        self.steps_per_epoch, self.layout, self.resident = steps_per_epoch, layout, resident
+        self.steps_per_epoch = len(images) // batch_size
+        self.parallelism, self.resident = parallelism, resident
         self._order: tuple[int, np.ndarray] = (-1, np.zeros(0, np.int64))  # (epoch, order)
         if resident:
-            sharding = layout.batch_sharding
+            sharding = parallelism.batch_sharding
             everywhere = (jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
-                          if layout.parallel else sharding)
+                          if parallelism.parallel else sharding)
             self.on_device = jax.device_put(np.asarray(images), everywhere)
             self._gather = jax.jit(lambda images, idx: images[idx], out_shardings=sharding)
 
@@ -53,16 +53,17 @@ class Batches:
         b, processes, p = self.batch_size, jax.process_count(), jax.process_index()
         idx = order[start * b:(start + count) * b].reshape(count, b).astype(np.int32)
         idx = idx[:, p * b // processes:(p + 1) * b // processes]
-        if not self.layout.parallel:
+        if not self.parallelism.parallel:
             return idx
-        return idx.reshape(count, len(self.layout.devices), -1).swapaxes(0, 1)
+        return idx.reshape(count, len(self.parallelism.devices), -1).swapaxes(0, 1)
 
     def get(self, step: int, count: int) -> jax.Array:
         idx = self.indices(step, count)
         if self.resident:
-            return self._gather(self.on_device, jax.device_put(idx, self.layout.batch_sharding))
+            idx = jax.device_put(idx, self.parallelism.batch_sharding)
+            return self._gather(self.on_device, idx)
         batch = self.images[idx.reshape(-1)].reshape(idx.shape + self.images.shape[1:])
-        return jax.device_put(batch, self.layout.batch_sharding)
+        return jax.device_put(batch, self.parallelism.batch_sharding)
 
 
 _END = object()

@@ -9,6 +9,7 @@ functions of the global step, and the steps per call are kept with each checkpoi
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -16,29 +17,67 @@ import os
 import signal
 import time
 import warnings
+from typing import Callable
 
 import jax
 import numpy as np
 
 from jax_dcgan.common import runtime
-
+from jax_dcgan.common.errors import Diverged, Interrupted, UserError
+from jax_dcgan.config import Config, StepConfig
 from jax_dcgan.data import dataset
-
 from jax_dcgan.model import convert
-
+from jax_dcgan.model.step import METRICS, TrainState, check_fits, create_train_state, metrics_dict
+from jax_dcgan.outputs.sample import GRID_IMAGES, draw_noise, grid_pass, sampling_generator
 from jax_dcgan.training import checkpoint, distributed, rundir
-from jax_dcgan.config import Config
 from jax_dcgan.training.dispatch import Dispatch, Plan, choose_steps_per_dispatch, time_one_step
 from jax_dcgan.training.epoch_end import EpochEnd, NoEpochEnd
-from jax_dcgan.common.errors import Diverged, Interrupted, UserError
 from jax_dcgan.training.feeding import Batches, Feed, fits_on_device
-from jax_dcgan.model.layers import resolve_conv_impl
-from jax_dcgan.training.parallel import Layout, select_devices
-from jax_dcgan.outputs.sample import GRID_IMAGES, draw_noise, grid_pass, sampling_generator
-from jax_dcgan.model.step import METRICS, TrainState, check_fits, create_train_state, metrics_dict
-from jax_dcgan.training.writers import Writers, open_writers
+from jax_dcgan.training.parallel import Parallelism, select_devices
+from jax_dcgan.training.writers import Kind, Writers, open_writers
 
 MAX_ROLLBACKS = 3
+
+
+@dataclasses.dataclass
+class Progress:
+    """What a checkpoint keeps beside the state for an exact resume: the steps per call the
+    run chose and for which devices, and the best diversity seen so far."""
+    steps_per_dispatch: int = 0
+    platform: str = ""
+    device_count: int = 0
+    best_diversity: float = 0.0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Progress":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclasses.dataclass(frozen=True)
+class Divergence:
+    """The first step whose losses are not finite."""
+    step: int
+    losses: dict[str, float]
+
+
+@dataclasses.dataclass
+class Run:
+    """One training run's parts, which the loop and its helpers share."""
+    cfg: Config
+    step_cfg: StepConfig   # the step as it runs: --conv-impl decided for the devices
+    parallelism: Parallelism
+    plan: Plan
+    directory: rundir.RunDir
+    checkpoints: checkpoint.Checkpoints
+    writers: Writers
+    progress: Progress
+    feed: Feed
+    pending: PendingMetrics
+    signals: StopSignals
+    epoch_end: EpochEnd | NoEpochEnd | None = None  # made from the run
+    rollbacks: int = 0
+    last_save: float = dataclasses.field(default_factory=time.monotonic)
 
 
 def train(cfg: Config, out: str, resume: bool = False, quiet: bool = False) -> TrainState:
@@ -51,83 +90,84 @@ def train(cfg: Config, out: str, resume: bool = False, quiet: bool = False) -> T
 
 
 def _train(cfg: Config, out: str, resume: bool, quiet: bool) -> TrainState:
-    layout = Layout(select_devices(cfg))
-    check_fits(cfg, runtime.device_free_bytes(layout.devices[0]), layout.device_count)
+    parallelism = Parallelism(select_devices(cfg))
+    step_cfg = cfg.step_config(cfg.numerics(parallelism.platform))
+    check_fits(step_cfg.model, cfg.batch_size,
+               runtime.device_free_bytes(parallelism.devices[0]), parallelism.device_count)
     primary = distributed.is_primary()
     quiet = quiet or not primary
     # The first process checks and prepares the directory (before decoding any data).
-    run = rundir.prepare(out, cfg, resume) if primary else rundir.RunDir(os.path.abspath(out))
+    directory = (rundir.prepare(out, cfg, resume) if primary
+                 else rundir.RunDir(os.path.abspath(out)))
     images = load_images(cfg, primary, quiet)
     steps_per_epoch = len(images) // cfg.batch_size
     if cfg.compilation_cache:
         runtime.enable_compilation_cache(dataset.cache_root(cfg))
-    checkpoints = checkpoint.Checkpoints(run.checkpoints, cfg.keep_checkpoints)
-    state, progress = initial_state(cfg, checkpoints, layout, resume)
+    checkpoints = checkpoint.Checkpoints(directory.checkpoints, cfg.keep_checkpoints)
+    state, progress = initial_state(step_cfg, cfg.seed, checkpoints, parallelism, resume)
     start = int(state.step)
 
-    # What runs may differ from what was asked (`auto`); the checkpoints keep what was asked.
-    run_cfg = cfg.replace(conv_impl=resolve_conv_impl(cfg.conv_impl, layout.platform))
-    step_fn = layout.step_function(run_cfg)
-    resident = layout.processes == 1 and ({"yes": True, "no": False}.get(cfg.data_on_device)
-                                          or fits_on_device(images.nbytes, layout.devices[0]))
-    batches = Batches(images, cfg.batch_size, cfg.seed, steps_per_epoch, layout, resident)
+    step_fn = parallelism.step_function(step_cfg)
+    resident = parallelism.processes == 1 and (
+        {"yes": True, "no": False}.get(cfg.data_on_device)
+        or fits_on_device(images.nbytes, parallelism.devices[0]))
+    batches = Batches(images, cfg.batch_size, cfg.seed, parallelism, resident)
     plan = Plan(steps_per_epoch, cfg.steps or cfg.epochs * steps_per_epoch,
                 cfg.checkpoint_every, steps_per_dispatch=1)
-    state = layout.put(state)
-    k, step_ms = steps_per_dispatch(cfg, progress, layout, plan, step_fn, state, batches, start)
+    state = parallelism.put(state)
+    k, step_ms = kept_steps_per_dispatch(cfg, progress, parallelism, plan.segments()), None
+    if k is None:
+        batch = batches.get(min(start, plan.total_steps - 1), 1)
+        k, step_ms = measured_steps_per_dispatch(step_fn, state, batch, plan.segments())
     plan = dataclasses.replace(plan, steps_per_dispatch=k)
-    progress.update(steps_per_dispatch=k, platform=layout.platform,
-                    device_count=layout.device_count)
+    progress = dataclasses.replace(progress, steps_per_dispatch=k, platform=parallelism.platform,
+                                   device_count=parallelism.device_count)
     if primary:
-        rundir.record_start(run, {"step": start, "conv_impl": run_cfg.conv_impl,
-                                  "steps_per_dispatch": k, "step_ms": step_ms,
-                                  "data_on_device": resident, **rundir.environment(layout.devices)})
+        rundir.record_start(directory, {
+            "step": start, "conv_impl": step_cfg.model.numerics.conv, "steps_per_dispatch": k,
+            "step_ms": step_ms, "data_on_device": resident,
+            **rundir.environment(parallelism.devices)})
     if not quiet:
         print(f"jax-dcgan: steps {start}..{plan.total_steps} of {steps_per_epoch} batches of "
               f"{cfg.batch_size} per epoch ({len(images)} images, "
-              f"{'on device' if resident else 'streamed'}) on {layout.device_count} "
-              f"{layout.platform} device(s), {layout.processes} process(es); "
-              f"{run_cfg.conv_impl} convolutions, {k} steps per call; writing to {run.path}")
+              f"{'on device' if resident else 'streamed'}) on {parallelism.device_count} "
+              f"{parallelism.platform} device(s), {parallelism.processes} process(es); "
+              f"{step_cfg.model.numerics.conv} convolutions, {k} steps per call; writing to "
+              f"{directory.path}")
 
-    writers, console, history = open_writers(run, plan, cfg.log_every, start, cfg.tensorboard,
-                                             primary, quiet)
-    epoch_end = (EpochEnd(run, cfg, run_cfg.model, plan, images, writers, console, history,
-                          progress.get("best_diversity", 0.0)) if primary else NoEpochEnd())
-    grid_fn = layout.per_replica(functools.partial(grid_pass, run_cfg.model))
+    run = Run(cfg, step_cfg, parallelism, plan, directory, checkpoints,
+              open_writers(directory if primary else None, plan, cfg, start, quiet), progress,
+              Feed(plan, batches, start), PendingMetrics(cfg.batch_size), StopSignals())
+    run.epoch_end = EpochEnd(run, images) if primary else NoEpochEnd()
+    grid_fn = parallelism.per_replica(functools.partial(grid_pass, step_cfg.model))
     grid_noise = draw_noise(cfg.latent_dim, GRID_IMAGES, cfg.seed)
-    feed, pending = Feed(plan, batches, start), PendingMetrics(cfg.batch_size)
-    signals, rollbacks, last_save = StopSignals(), 0, time.monotonic()
-    with _reporting_file_errors(run, checkpoints), writers, epoch_end, signals, feed:
-        for dispatch, batch in feed:
+    with _reporting_file_errors(run), run.writers, run.epoch_end, run.signals, run.feed:
+        for dispatch, batch in run.feed:
             state, metrics = step_fn(state, batch)
-            pending.add(dispatch, metrics)
-            console.advance(dispatch.count)
-            save, stop = decide(plan, dispatch, cfg, last_save, signals.received, layout)
+            run.pending.add(dispatch, metrics)
+            run.writers.console.advance(dispatch.count)
+            save, stop = save_or_stop(run, dispatch)
             due = save or stop or plan.is_sync_point(dispatch, cfg.log_every)
-            diverged = due and record(pending, writers, plan, everything=save or stop)
-            if diverged:
-                rollbacks += 1
-                state = roll_back(diverged, rollbacks, cfg, checkpoints, layout, writers,
-                                  epoch_end, feed, pending)
+            divergence = write_metrics(run, everything=save or stop) if due else None
+            if divergence is not None:
+                state = roll_back(run, divergence)
                 continue
             if plan.is_epoch_end(dispatch.end):
                 state, grid = epoch_grid(grid_fn, state, grid_noise, cfg.grid_updates_stats)
-                epoch_end.start(layout.local(state), dispatch.end, layout.local(grid))
-            epoch_end.collect(wait=save or stop,
-                              stop_requested=lambda: signals.received is not None)
+                run.epoch_end.start(parallelism.first_copy(state), dispatch.end,
+                                    parallelism.first_copy(grid))
+            run.epoch_end.collect(wait=save or stop, stop_requested=run.signals.requested)
             if save or stop:
-                checkpoints.save(layout.savable(state), cfg,
-                                 {**progress, "best_diversity": epoch_end.best_diversity})
-                last_save = time.monotonic()
+                save_checkpoint(run, state)
             if stop:
-                raise interrupted(signals.received, checkpoints)
-    state = layout.local(state)
+                raise interrupted(run)
+    state = parallelism.first_copy(state)
     if primary:
-        export_torch(state, cfg.model, run.file("model.pt"), quiet)
+        export_torch(state, step_cfg.model, directory.file("model.pt"), quiet)
     return state
 
 
-def epoch_grid(grid_fn, state: TrainState, noise, updates_stats: bool):
+def epoch_grid(grid_fn: Callable, state: TrainState, noise, updates_stats: bool):
     """(state, the epoch's grid). The lecture draws its grid with G in train mode, which
     moves G's running statistics; with an EMA the grid shows the average's samples, while
     the statistics move as a pass of the trained weights would move them."""
@@ -152,41 +192,47 @@ def load_images(cfg: Config, primary: bool, quiet: bool) -> np.ndarray:
     return images
 
 
-def initial_state(cfg: Config, checkpoints: checkpoint.Checkpoints, layout: Layout,
-                  resume: bool) -> tuple[TrainState, dict]:
+def initial_state(step_cfg: StepConfig, seed: int, checkpoints: checkpoint.Checkpoints,
+                  parallelism: Parallelism, resume: bool) -> tuple[TrainState, Progress]:
     """The latest checkpoint's state and progress when resuming, else a fresh state."""
     if resume and checkpoints.latest_step() is not None:
-        state, _, progress = checkpoints.restore(sharding=layout.restore_sharding())
-        return state, progress
-    return create_train_state(cfg), {}
+        state, _, progress = checkpoints.restore(sharding=parallelism.restore_sharding())
+        return state, Progress.from_dict(progress)
+    return create_train_state(step_cfg, seed), Progress()
 
 
-def steps_per_dispatch(cfg: Config, progress: dict, layout: Layout, plan: Plan, step_fn,
-                       state, batches: Batches, start: int) -> tuple[int, float | None]:
-    """(K, measured ms per step or None): the flag if given, else the choice this run made
-    before on the same devices (for an exact resume), else one measured now; at most the
-    longest segment, since calls end at epoch ends and checkpoint steps."""
-    segments = plan.segments()
+def kept_steps_per_dispatch(cfg: Config, progress: Progress, parallelism: Parallelism,
+                            segments: collections.Counter) -> int | None:
+    """K from the flag, else the choice this run made before on the same devices (for an
+    exact resume); at most the longest segment, since calls end at epoch ends and checkpoint
+    steps. None: measure it."""
     if cfg.steps_per_dispatch:
-        return min(cfg.steps_per_dispatch, max(segments)), None
-    if (progress.get("platform"), progress.get("device_count")) == (layout.platform,
-                                                                    layout.device_count):
-        return min(progress["steps_per_dispatch"], max(segments)), None
-    seconds = time_one_step(step_fn, state, batches.get(min(start, plan.total_steps - 1), 1))
+        return min(cfg.steps_per_dispatch, max(segments))
+    if (progress.platform, progress.device_count) == (parallelism.platform,
+                                                      parallelism.device_count):
+        return min(progress.steps_per_dispatch, max(segments))
+    return None
+
+
+def measured_steps_per_dispatch(step_fn: Callable, state, batch, segments: collections.Counter
+                                ) -> tuple[int, float]:
+    """(K, ms per step) from the time of one step on `batch`, the same K on every process."""
+    seconds = time_one_step(step_fn, state, batch)
     return distributed.agree(choose_steps_per_dispatch(seconds, segments)), 1e3 * seconds
 
 
-def decide(plan: Plan, dispatch: Dispatch, cfg: Config, last_save: float,
-           signal_received: int | None, layout: Layout) -> tuple[bool, bool]:
+def save_or_stop(run: Run, dispatch: Dispatch) -> tuple[bool, bool]:
     """(save a checkpoint now, stop now). Processes agree on the clock and on signals only
     where all of them record metrics, so no call waits for the others in between."""
+    cfg, plan = run.cfg, run.plan
     scheduled = plan.is_checkpoint_step(dispatch.end)
-    minutes = cfg.checkpoint_minutes and time.monotonic() - last_save >= 60 * cfg.checkpoint_minutes
-    if layout.processes == 1:
-        return scheduled or bool(minutes), signal_received is not None
+    minutes = (cfg.checkpoint_minutes
+               and time.monotonic() - run.last_save >= 60 * cfg.checkpoint_minutes)
+    if run.parallelism.processes == 1:
+        return scheduled or bool(minutes), run.signals.requested()
     if not plan.is_sync_point(dispatch, cfg.log_every):
         return scheduled, False
-    minutes, stop = distributed.any_process(bool(minutes), signal_received is not None)
+    minutes, stop = distributed.any_process(bool(minutes), run.signals.requested())
     return scheduled or minutes, stop
 
 
@@ -221,55 +267,62 @@ class PendingMetrics:
         self.calls = []
 
 
-def record(pending: PendingMetrics, writers: Writers, plan: Plan, everything: bool
-           ) -> tuple[int, dict] | None:
-    """Write the metrics of finished steps; (step, metrics) of the first whose losses are not
-    finite, if any (nothing from it on is written)."""
-    rows, rate = pending.take(everything)
+def write_metrics(run: Run, everything: bool) -> Divergence | None:
+    """Write the metrics of finished steps; the first step whose losses are not finite, if
+    any (nothing from it on is written)."""
+    rows, rate = run.pending.take(everything)
     for step, row in rows:
         values = metrics_dict(row)
         if not np.all(np.isfinite(row)):
-            return step, values
-        epoch, batch = divmod(step, plan.steps_per_epoch)
-        writers.write_scalars(step + 1, {"epoch": epoch + 1, "batch": batch, **values,
-                                         "images_per_s": round(rate, 1)})
+            return Divergence(step, values)
+        epoch, batch = divmod(step, run.plan.steps_per_epoch)
+        run.writers.write_scalars(step + 1, Kind.STEP, {
+            "epoch": epoch + 1, "batch": batch, **values, "images_per_s": round(rate, 1)})
     return None
 
 
-def roll_back(diverged: tuple[int, dict], rollbacks: int, cfg: Config,
-              checkpoints: checkpoint.Checkpoints, layout: Layout, writers: Writers, epoch_end,
-              feed: Feed, pending: PendingMetrics):
+def save_checkpoint(run: Run, state) -> None:
+    run.progress.best_diversity = run.epoch_end.best_diversity
+    run.checkpoints.save(run.parallelism.savable(state), run.cfg,
+                         dataclasses.asdict(run.progress))
+    run.last_save = time.monotonic()
+
+
+def roll_back(run: Run, divergence: Divergence):
     """Stop with Diverged, or (with --on-nonfinite rollback) go back to the last checkpoint
     with a new noise stream; returns the placed state to continue from."""
-    step, values = diverged
-    message = (f"Training diverged at step {step + 1}: the losses are not finite "
-               f"(g_loss={values['g_loss']}, d_loss={values['d_loss']}).")
+    run.rollbacks += 1
+    message = (f"Training diverged at step {divergence.step + 1}: the losses are not finite "
+               f"(g_loss={divergence.losses['g_loss']}, d_loss={divergence.losses['d_loss']}).")
+    checkpoints = run.checkpoints
     checkpoints.wait()
     last = checkpoints.latest_step()
-    if cfg.on_nonfinite != "rollback" or last is None or rollbacks > MAX_ROLLBACKS:
+    if run.cfg.on_nonfinite != "rollback" or last is None or run.rollbacks > MAX_ROLLBACKS:
         kept = (f"The last good checkpoint (step {last}) is kept" if last is not None
                 else "No checkpoint had been written yet")
         raise Diverged(f"{message} {kept} in {checkpoints.directory}. Resume it with --resume "
                        "(perhaps with lower learning rates), or use --on-nonfinite rollback.")
-    state, _, progress = checkpoints.restore(last, sharding=layout.restore_sharding())
-    state = state.replace(rng=jax.random.fold_in(state.rng, 1_000_003 * rollbacks))
-    epoch_end.rewind(progress.get("best_diversity", 0.0))  # first: it may still be writing
-    writers.rewind(last)
-    writers.write_scalars(last, {"rollback": rollbacks, "reason": message})
-    pending.clear()
-    feed.restart(last)
+    state, _, progress = checkpoints.restore(last, sharding=run.parallelism.restore_sharding())
+    state = state.replace(rng=jax.random.fold_in(state.rng, 1_000_003 * run.rollbacks))
+    # The epoch outputs first: they may still be writing.
+    run.epoch_end.rewind(Progress.from_dict(progress).best_diversity)
+    run.writers.rewind(last)
+    run.writers.write_scalars(last, Kind.ROLLBACK, {"rollback": run.rollbacks, "reason": message})
+    run.pending.clear()
+    run.feed.restart(last)
     warnings.warn(f"{message} Rolled back to step {last} with a new noise stream "
-                  f"({rollbacks}/{MAX_ROLLBACKS}).")
-    return layout.put(state)
+                  f"({run.rollbacks}/{MAX_ROLLBACKS}).")
+    return run.parallelism.put(state)
 
 
-def interrupted(signum: int | None, checkpoints: checkpoint.Checkpoints) -> Interrupted:
-    """The exception a stopped run ends with; `signum` None: another process got the signal."""
-    checkpoints.wait()
+def interrupted(run: Run) -> Interrupted:
+    """The exception a stopped run ends with; no signal here: another process got one."""
+    signum = run.signals.received
+    run.checkpoints.wait()
     cause = (f"Stopped by {signal.Signals(signum).name}" if signum else
              "Stopped because another process of this run received a signal")
-    return Interrupted(f"{cause}; the last checkpoint (step {checkpoints.latest_step()}) is in "
-                       f"{checkpoints.directory}. Continue with --resume.",
+    return Interrupted(f"{cause}; the last checkpoint (step {run.checkpoints.latest_step()}) is "
+                       f"in {run.checkpoints.directory}. Continue with --resume.",
                        signum or signal.SIGTERM)
 
 
@@ -278,6 +331,9 @@ class StopSignals:
 
     def __init__(self):
         self.received: int | None = None
+
+    def requested(self) -> bool:
+        return self.received is not None
 
     def _handle(self, signum, frame):
         if self.received == signal.SIGINT and signum == signal.SIGINT:
@@ -295,18 +351,19 @@ class StopSignals:
 
 
 @contextlib.contextmanager
-def _reporting_file_errors(run: rundir.RunDir, checkpoints: checkpoint.Checkpoints):
+def _reporting_file_errors(run: Run):
     """A file that cannot be written (metrics, grids, plots) or read (the dataset cache) ends
     the run with a UserError that names the intact checkpoints (the checkpoints' own errors
     say so already); the checkpoints are finished and closed either way."""
+    checkpoints = run.checkpoints
     try:
         yield
     except OSError as e:
         checkpoints.wait()
         raise UserError(f"A file operation failed ({e}). Checkpoints up to step "
                         f"{checkpoints.latest_step()} are intact in {checkpoints.directory}; "
-                        f"free space or fix the permissions under {run.path} or of the dataset "
-                        "cache, then continue with --resume.") from None
+                        f"free space or fix the permissions under {run.directory.path} or of "
+                        "the dataset cache, then continue with --resume.") from None
     finally:
         checkpoints.close()
 

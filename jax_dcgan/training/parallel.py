@@ -1,7 +1,7 @@
 """Where a run's state and batches live: one device (jit), or data parallel (pmap) over
 this process's devices and, in a multi-process run, over every process's.
 
-`Layout` is the one place that knows which: the loop asks it to place a state,
+`Parallelism` is the one place that knows which: the loop asks it to place a state,
 to take one copy back, to hand orbax what it saves, and for the step function.
 """
 
@@ -12,8 +12,8 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from jax_dcgan.config import Config
 from jax_dcgan.common.errors import UserError, check_batch_split
+from jax_dcgan.config import Config, StepConfig
 from jax_dcgan.model.step import AXIS, jit_train_steps, pmap_train_steps
 
 
@@ -49,7 +49,12 @@ def replicate(tree: Any, devices: list) -> Any:
     sharding = device_sharding(devices)
 
     def leaf(x):
-        x = np.asarray(x.addressable_data(0) if isinstance(x, jax.Array) else x)
+        if isinstance(x, jax.Array):
+            x = x.addressable_data(0)
+            if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):  # NumPy has no key dtype
+                return jax.random.wrap_key_data(leaf(jax.random.key_data(x)),
+                                                impl=jax.random.key_impl(x))
+        x = np.asarray(x)
         return jax.device_put(np.broadcast_to(x, (len(devices),) + x.shape), sharding)
     return jax.tree.map(leaf, tree)
 
@@ -82,8 +87,9 @@ def to_replicated(tree: Any) -> Any:
         x.shape[1:], sharding, list(local)), tree, *copies)
 
 
-class Layout:
-    """One device or data parallel, decided once from the devices of a run."""
+class Parallelism:
+    """How a run uses its devices: one device (jit), or data parallel (pmap) over this
+    process's devices and every process's; decided once from the devices of a run."""
 
     def __init__(self, devices: list):
         self.devices = devices
@@ -101,7 +107,7 @@ class Layout:
         """Devices over all processes."""
         return len(self.devices) * self.processes
 
-    def step_function(self, cfg: Config) -> Callable:
+    def step_function(self, cfg: StepConfig) -> Callable:
         """(state, batches) -> (state, metrics): jit on one device, pmap over several."""
         if not self.parallel:
             return jit_train_steps(cfg)
@@ -140,13 +146,13 @@ class Layout:
                  else (count, batch_size)) + tuple(image_shape)
         return jax.ShapeDtypeStruct(shape, np.uint8, sharding=self.batch_sharding)
 
-    def local(self, state: Any) -> Any:
+    def first_copy(self, state: Any) -> Any:
         """One copy of a placed state, on this process's first device."""
         return unreplicate(state) if self.parallel else state
 
     def savable(self, state: Any) -> Any:
         """What orbax saves: one copy, replicated over all processes when there are several."""
-        return to_replicated(state) if self.processes > 1 else self.local(state)
+        return to_replicated(state) if self.processes > 1 else self.first_copy(state)
 
     def restore_sharding(self) -> jax.sharding.Sharding | None:
         """Where a checkpoint is restored to (None: this process's first device)."""

@@ -19,9 +19,9 @@ import platform
 import subprocess
 import sys
 
-from jax_dcgan.config import Config, flag
 from jax_dcgan.common.errors import UserError, summarize
 from jax_dcgan.common.files import write_text
+from jax_dcgan.config import Config, flag
 
 # Fields a resumed run may change: how long and how it runs, not what it computes.
 RESUMABLE_CHANGES = ("epochs", "steps", "log_every", "checkpoint_every", "checkpoint_minutes",
@@ -34,6 +34,7 @@ PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "torc
 
 @dataclasses.dataclass(frozen=True)
 class RunDir:
+    """A run's output directory and the paths of what it holds."""
     path: str
 
     def file(self, name: str) -> str:

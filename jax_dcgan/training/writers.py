@@ -2,13 +2,15 @@
 in-memory history the plots are drawn from.
 
 Each is a `MetricWriter` with the interface of clu's metric writers (`write_scalars`,
-`write_images`), plus `rewind(step)` for a resume or a rollback, which continues from
-an earlier step. `Writers` sends every call to all of them, one call at a time, since
-the loop and its background thread both write.
+`write_images`), where each record also says what `Kind` it is, plus `rewind(step)` for
+a resume or a rollback, which continues from an earlier step. `Writers` sends every
+call to all of them, one call at a time, since the loop and its background thread both
+write.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import numbers
 import os
@@ -19,15 +21,38 @@ from typing import Any, Mapping
 import numpy as np
 from tqdm.auto import tqdm
 
-from jax_dcgan.training.dispatch import Plan
 from jax_dcgan.common.files import write_text
-from jax_dcgan.quality.metrics import inception_summary
 from jax_dcgan.common.optional import import_tensorboardx
+from jax_dcgan.config import Config
 from jax_dcgan.outputs.plots import read_records
+from jax_dcgan.quality.metrics import inception_summary
+from jax_dcgan.training.dispatch import Plan
+from jax_dcgan.training.rundir import RunDir
+
+
+class Kind(enum.Enum):
+    """What a record of metrics.jsonl is (its `kind`)."""
+    STEP = "step"              # one training step's losses, accuracies and throughput
+    EPOCH = "epoch"            # an epoch end's diversity monitor and timing
+    EVALUATION = "evaluation"  # SWD, FID and KID
+    ROLLBACK = "rollback"      # a rollback to a checkpoint after non-finite losses
+
+
+def record_kind(record: Mapping[str, Any]) -> Kind:
+    """The kind of a metrics.jsonl record; version 0.2 wrote none, and its kinds had these
+    keys."""
+    if "kind" in record:
+        return Kind(record["kind"])
+    if "g_loss" in record:
+        return Kind.STEP
+    return Kind.EVALUATION if "swd" in record else (
+        Kind.ROLLBACK if "rollback" in record else Kind.EPOCH)
 
 
 class MetricWriter:
-    def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    """Where records go; each method does nothing unless a writer needs it."""
+
+    def write_scalars(self, step: int, kind: Kind, scalars: Mapping[str, Any]) -> None:
         """Values of one step: numbers, and in metrics.jsonl also strings."""
 
     def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
@@ -48,8 +73,8 @@ class JsonlWriter(MetricWriter):
         self.path = path
         self.file = open(path, "a", buffering=1)
 
-    def write_scalars(self, step, scalars):
-        self.file.write(json.dumps({"step": step, **scalars}) + "\n")
+    def write_scalars(self, step, kind, scalars):
+        self.file.write(json.dumps({"step": step, "kind": kind.value, **scalars}) + "\n")
 
     def rewind(self, step) -> list[dict]:
         """Drop the records after `step`; returns those kept."""
@@ -72,8 +97,8 @@ class ConsoleWriter(MetricWriter):
         self.bar = tqdm(total=plan.total_steps, initial=start, unit="step", dynamic_ncols=True,
                         disable=disable, desc="train")
 
-    def write_scalars(self, step, scalars):
-        if "g_loss" in scalars:
+    def write_scalars(self, step, kind, scalars):
+        if kind is Kind.STEP:
             if scalars["batch"] % self.log_every == 0:
                 self.message(f"Epoch: {scalars['epoch']:03d}/{self.plan.epochs:03d} | Batch "
                              f"{scalars['batch']:03d}/{self.plan.steps_per_epoch:03d} | Gen/Dis "
@@ -81,7 +106,7 @@ class ConsoleWriter(MetricWriter):
             self.bar.set_postfix(g_loss=f"{scalars['g_loss']:.3f}",
                                  d_loss=f"{scalars['d_loss']:.3f}",
                                  img_s=f"{scalars['images_per_s']:.0f}", refresh=False)
-        elif "swd" in scalars:
+        elif kind is Kind.EVALUATION:
             self.message(f"Epoch {scalars['epoch']:03d}: SWD {scalars['swd']:.2f}"
                          + inception_summary(scalars))
 
@@ -137,10 +162,10 @@ class TensorBoardWriter(MetricWriter):
         self.sums: dict[str, float] = {}
         self.count, self.last = 0, start
 
-    def write_scalars(self, step, scalars):
+    def write_scalars(self, step, kind, scalars):
         numbers_ = {k: float(v) for k, v in scalars.items()
                     if isinstance(v, numbers.Real) and k not in self.SKIPPED}
-        if "g_loss" not in scalars:
+        if kind is not Kind.STEP:
             self._add(step, numbers_)
             return
         for name, value in numbers_.items():
@@ -180,13 +205,13 @@ class History(MetricWriter):
         self.losses: list[tuple[int, float, float]] = []  # (step, d_loss, g_loss)
         self.evals: list[dict] = []
         for record in records:
-            self.write_scalars(record["step"], record)
+            self.write_scalars(record["step"], record_kind(record), record)
 
-    def write_scalars(self, step, scalars):
+    def write_scalars(self, step, kind, scalars):
         with self.lock:
-            if "g_loss" in scalars:
+            if kind is Kind.STEP:
                 self.losses.append((step, scalars["d_loss"], scalars["g_loss"]))
-            elif "swd" in scalars:
+            elif kind is Kind.EVALUATION:
                 self.evals.append({"step": step, **scalars})
 
     def rewind(self, step):
@@ -206,20 +231,22 @@ class History(MetricWriter):
 
 
 class Writers(MetricWriter):
-    """Several writers as one, safe to call from the loop and the background thread: each
+    """A run's writers as one, safe to call from the loop and the background thread: each
     writer has its own lock, so that one thread writing a sample grid to TensorBoard does
-    not hold up the other's metrics.jsonl line."""
+    not hold up the other's metrics.jsonl line. The console (the progress bar) and the
+    history (what the plots show) are among them, and also reachable by name."""
 
-    def __init__(self, *writers: MetricWriter):
-        self.writers = [(w, threading.Lock()) for w in writers]
+    def __init__(self, console: ConsoleWriter, history: History, *others: MetricWriter):
+        self.console, self.history = console, history
+        self.writers = [(w, threading.Lock()) for w in (console, history, *others)]
 
     def _each(self, method: str, *args) -> None:
         for writer, lock in self.writers:
             with lock:
                 getattr(writer, method)(*args)
 
-    def write_scalars(self, step, scalars):
-        self._each("write_scalars", step, scalars)
+    def write_scalars(self, step, kind, scalars):
+        self._each("write_scalars", step, kind, scalars)
 
     def write_images(self, step, images):
         self._each("write_images", step, images)
@@ -237,19 +264,20 @@ class Writers(MetricWriter):
         self.close()
 
 
-def open_writers(run, plan: Plan, log_every: int, start: int, tensorboard: bool,
-                 primary: bool, quiet: bool) -> tuple[Writers, ConsoleWriter, History]:
-    """The run's writers (all of them on the first process, none elsewhere), the console and
-    the history; what was written after `start` by an earlier process is dropped."""
-    console = ConsoleWriter(plan, log_every, start, disable=quiet or not primary)
-    if not primary:
-        return Writers(console), console, History()
-    jsonl = JsonlWriter(run.metrics)
+def open_writers(directory: RunDir | None, plan: Plan, cfg: Config, start: int, quiet: bool
+                 ) -> Writers:
+    """The run's writers (`directory` None: a process other than the first, which writes
+    nothing but keeps a silent console); what was written after `start` by an earlier
+    process is dropped."""
+    console = ConsoleWriter(plan, cfg.log_every, start, disable=quiet or directory is None)
+    if directory is None:
+        return Writers(console, History())
+    jsonl = JsonlWriter(directory.metrics)
+    others: list[MetricWriter] = [jsonl]
     history = History(jsonl.rewind(start))
-    writers = [jsonl, console, history]
-    if tensorboard and import_tensorboardx() is None:
+    if cfg.tensorboard and import_tensorboardx() is None:
         warnings.warn("tensorboardX is not installed, so no TensorBoard logs are written "
                       "(pip install tensorboardX, or --no-tensorboard to silence this).")
-    elif tensorboard:
-        writers.append(TensorBoardWriter(run.tensorboard, start, log_every))
-    return Writers(*writers), console, history
+    elif cfg.tensorboard:
+        others.append(TensorBoardWriter(directory.tensorboard, start, cfg.log_every))
+    return Writers(console, history, *others)
