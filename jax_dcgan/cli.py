@@ -19,6 +19,8 @@ from jax_dcgan.common.errors import TrainingStopped, UserError, error_line, summ
 from jax_dcgan.config import (BENCH_VARIANTS, CONV_IMPLS, INT64, PRESETS, Config, check_seed, flag,
                               preset, read_config_file)
 
+__all__ = ["main"]
+
 # The comparisons of `jax-dcgan parity` (jax_dcgan.tools.parity.CHECK_NAMES, without importing it).
 PARITY_CHECKS = ["architecture"] + [f"{impl}-{check}" for impl in ("matmul", "xla") for check in (
     "layers", "forward", "gradients", "one-step", "many-steps")] + [

@@ -17,6 +17,10 @@ from typing import Any
 
 from jax_dcgan.common.errors import UserError, summarize
 
+__all__ = ["BENCH_VARIANTS", "CONV_BACKENDS", "CONV_IMPLS", "Config", "DTYPES", "FID_MODES",
+           "INT64", "ModelConfig", "Numerics", "PRESETS", "StepConfig", "check_seed",
+           "conv_backend", "flag", "preset", "read_config_file"]
+
 
 def _field(default: Any, help: str, **choices: Any) -> Any:
     return dataclasses.field(default=default, metadata={"help": help, **choices})

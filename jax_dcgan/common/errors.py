@@ -7,6 +7,9 @@ is a run that ended before its last step for a reason that is not the user's inp
 
 from __future__ import annotations
 
+__all__ = ["Diverged", "Interrupted", "ProcessLost", "TrainingStopped", "UserError",
+           "check_batch_split", "error_line", "summarize"]
+
 
 class UserError(Exception):
     """Bad input from the user: what is wrong, where, and how to fix it, in one paragraph."""

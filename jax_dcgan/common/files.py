@@ -9,6 +9,8 @@ from typing import Iterator
 
 from jax_dcgan.common.errors import UserError
 
+__all__ = ["atomic_write", "write_text"]
+
 
 @contextlib.contextmanager
 def atomic_write(path: str, suffix: str = "") -> Iterator[str]:

@@ -7,6 +7,8 @@ from types import ModuleType
 
 from jax_dcgan.common.errors import UserError
 
+__all__ = ["import_tensorboardx", "import_tfds", "import_torch"]
+
 
 def import_torch() -> ModuleType:
     """PyTorch, for .pt files, the reference model, FID and the benchmark."""

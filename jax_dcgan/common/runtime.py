@@ -28,6 +28,10 @@ from typing import Iterator
 
 from jax_dcgan.common.errors import UserError
 
+__all__ = ["check_images_fit", "device_free_bytes", "enable_compilation_cache", "float64_mode",
+           "force_host_devices", "host_usage", "huge_pages_enabled", "no_persistent_cache",
+           "quiet_absent_accelerators", "reexec_with_huge_pages", "threads_for_host_collectives"]
+
 TUNABLE = "glibc.malloc.hugetlb"
 _THP_MODE = "/sys/kernel/mm/transparent_hugepage/enabled"
 

@@ -28,6 +28,9 @@ from tqdm.auto import tqdm
 from jax_dcgan.common.errors import UserError, summarize
 from jax_dcgan.common.optional import import_tfds
 
+__all__ = ["ARCHIVE", "PARTITION_FILE", "data_dir", "download", "open_split", "origin",
+           "read_partition"]
+
 ARCHIVE = "img_align_celeba.zip"
 PARTITION_FILE = "list_eval_partition.txt"  # "000001.jpg 0": 0 train, 1 valid, 2 test
 PARTITION_IDS = {"train": {0}, "valid": {1}, "test": {2}, "all": {0, 1, 2}}

@@ -33,6 +33,8 @@ from jax_dcgan.config import Config
 from jax_dcgan.data import celeba
 from jax_dcgan.data.synthetic import draw_face
 
+__all__ = ["cache_root", "epoch_order", "load_dataset"]
+
 CACHE_VERSION = 1
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 MAX_PIXELS = 80_000_000  # larger images are refused rather than decoded (decompression bombs)

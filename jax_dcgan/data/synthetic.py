@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
+__all__ = ["draw_face"]
+
 SKIN = [(255, 224, 196), (241, 194, 160), (224, 172, 125), (198, 134, 90), (161, 102, 64),
         (118, 72, 42), (86, 52, 32)]
 HAIR = [(20, 16, 14), (60, 40, 26), (110, 72, 40), (180, 130, 70), (230, 200, 130),

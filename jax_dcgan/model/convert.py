@@ -21,6 +21,9 @@ from jax_dcgan.common.optional import import_torch
 from jax_dcgan.config import Config, ModelConfig
 from jax_dcgan.model.networks import init_variables, torch_layer_indices
 
+__all__ = ["config_for_state_dict", "from_state_dict", "load_torch_file", "save_torch_file",
+           "to_state_dict"]
+
 # Flax leaf -> (PyTorch suffix, axis permutation from PyTorch to Flax or None).
 _PARAMS = {
     ("generator", "kernel"): ("weight", (0, 2, 3, 1)),      # ConvTranspose2d (in, out, kh, kw)

@@ -41,6 +41,9 @@ from jax import lax
 
 from jax_dcgan.config import CONV_BACKENDS
 
+__all__ = ["BatchNorm", "Conv", "ConvTranspose", "col2im", "conv2d", "conv_transpose2d",
+           "dcgan_normal", "im2col"]
+
 Initializer = Callable[..., jax.Array]
 
 

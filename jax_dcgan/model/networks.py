@@ -17,6 +17,9 @@ from flax import linen as nn
 from jax_dcgan.config import ModelConfig
 from jax_dcgan.model.layers import BatchNorm, Conv, ConvTranspose, dcgan_normal
 
+__all__ = ["DTYPES", "Discriminator", "Generator", "init_variables", "leaky_relu",
+           "torch_layer_indices", "training_bytes"]
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
 
 

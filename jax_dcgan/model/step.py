@@ -31,6 +31,10 @@ from jax_dcgan.config import ModelConfig, StepConfig
 from jax_dcgan.model.networks import (DTYPES, Discriminator, Generator, init_variables,
                                       training_bytes)
 
+__all__ = ["AXIS", "METRICS", "TrainState", "check_fits", "create_train_state",
+           "draw_step_randomness", "jit_train_steps", "metrics_dict", "normalize_images",
+           "pmap_train_steps", "step_key"]
+
 AXIS = "devices"  # the pmap axis of data parallelism
 METRICS = ("g_loss", "d_loss", "acc_real", "acc_fake")
 

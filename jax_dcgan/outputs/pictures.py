@@ -19,6 +19,9 @@ from jax_dcgan.common.errors import UserError
 from jax_dcgan.common.files import atomic_write
 from jax_dcgan.outputs.sample import make_grid, save_png, to_image, to_pixels
 
+__all__ = ["ANIMATION", "BETWEEN", "animate_grids", "epoch_grids", "interpolation_noise",
+           "real_beside_fake", "save_interpolation"]
+
 ANIMATION = "progress.webp"
 FRAME_MS = 250  # a frame per epoch, four epochs a second
 BETWEEN = 7  # images between two points of a latent walk

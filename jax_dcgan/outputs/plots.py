@@ -15,6 +15,9 @@ from matplotlib.figure import Figure
 
 from jax_dcgan.common.files import atomic_write
 
+__all__ = ["plot_curves", "plot_losses", "read_metrics", "read_records", "running_average",
+           "steady_images_per_s"]
+
 
 def read_metrics(path: str) -> list[dict]:
     """The per-step records of a run's metrics.jsonl (not the per-epoch ones)."""

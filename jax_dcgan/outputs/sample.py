@@ -13,6 +13,9 @@ from jax_dcgan.common.files import atomic_write
 from jax_dcgan.config import ModelConfig
 from jax_dcgan.model.networks import Generator
 
+__all__ = ["GRID_IMAGES", "draw_noise", "generate", "generate_images", "grid_pass", "make_grid",
+           "sampling_generator", "save_png", "to_image", "to_pixels"]
+
 BN_STATS = ("batch", "running")  # what BatchNorm normalises with when sampling (`--bn`)
 
 

@@ -34,6 +34,9 @@ from jax_dcgan.common.files import atomic_write
 from jax_dcgan.common.optional import import_torch
 from jax_dcgan.config import FID_MODES
 
+__all__ = ["FEATURES", "VERSION", "embed", "fid_network_path", "load_params", "load_torchscript",
+           "weights_path"]
+
 SIZE = 299
 FEATURES = 2048
 LAYERS = 94  # convolutions, each with weight, beta, mean and var

@@ -26,6 +26,9 @@ from jax_dcgan.common.files import atomic_write
 from jax_dcgan.common.optional import import_torch
 from jax_dcgan.quality import inception
 
+__all__ = ["COLLAPSE_RATIO", "JaxInception", "Reference", "TorchInception", "check_inception",
+           "diversity", "evaluate", "inception_network", "inception_summary", "sliced_wasserstein"]
+
 COLLAPSE_RATIO = 0.3  # diversity below this fraction of the data's counts as collapse
 
 

@@ -44,6 +44,8 @@ from jax_dcgan.tools.targets import TARGETS, Target, compile_only_devices, of_de
 from jax_dcgan.training.dispatch import Plan, choose_steps_per_dispatch
 from jax_dcgan.training.parallel import Parallelism
 
+__all__ = ["main", "variants"]
+
 CELEBA_TRAIN_IMAGES = 162_770
 # Assumed until measured: the time a GPU spends per kernel of a step beyond the kernel's own
 # work (launch, and the gap between small dependent kernels), and the latency of one NCCL
@@ -170,14 +172,15 @@ def compile_variant(cfg: Config, variant: Variant, steps_per_dispatch: int,
     if variant.dtype == "float64" and t.platform == "tpu":
         raise UserError("--dtype float64 does not compile for TPUs (they have no float64 "
                         "convolutions); use float32 or bfloat16.")
-    run_cfg = cfg.replace(dtype=variant.dtype, conv_impl=variant.conv_impl)
-    check_batch_split(run_cfg.batch_size, variant.devices)
-    plan = celeba_plan(run_cfg)
+    variant_cfg = cfg.replace(dtype=variant.dtype, conv_impl=variant.conv_impl)
+    check_batch_split(variant_cfg.batch_size, variant.devices)
+    plan = celeba_plan(variant_cfg)
     with runtime.float64_mode(variant.dtype):
         parallelism = Parallelism(compile_only_devices(t, variant.devices))
-        run_cfg = run_cfg.replace(conv_impl=run_cfg.numerics(parallelism.platform).conv)
-        variant = dataclasses.replace(variant, conv_impl=run_cfg.conv_impl)
-        programs = {1: _compiled(run_cfg, parallelism, 1)}
+        conv = variant_cfg.numerics(parallelism.platform).conv
+        variant_cfg = variant_cfg.replace(conv_impl=conv)
+        variant = dataclasses.replace(variant, conv_impl=variant_cfg.conv_impl)
+        programs = {1: _compiled(variant_cfg, parallelism, 1)}
         # TPU programs hold their convolutions in fusions, with input dilation done by the
         # hardware: XLA's own count of the one-step program is the better one there.
         xla_count = xla_costs(programs[1][0]) if t.platform == "tpu" else {}
@@ -188,9 +191,9 @@ def compile_variant(cfg: Config, variant: Variant, steps_per_dispatch: int,
                           variant.devices)
             k = choose_steps_per_dispatch(one["step_s"], plan.segments())
         if k > 1:
-            programs[k] = _compiled(run_cfg, parallelism, k)
+            programs[k] = _compiled(variant_cfg, parallelism, k)
         leaves = len(jax.tree.leaves(jax.eval_shape(
-            lambda: create_train_state(run_cfg.step, run_cfg.seed))))
+            lambda: create_train_state(variant_cfg.step, variant_cfg.seed))))
     compiled, program, seconds = programs[k]
     counts = {**_counts(program, k), **xla_count}
     model = predict(counts, t, variant.dtype, variant.devices)
@@ -199,7 +202,7 @@ def compile_variant(cfg: Config, variant: Variant, steps_per_dispatch: int,
             write_text(os.path.join(hlo_dir, f"{variant.label}-{steps}step.hlo.txt"), c.as_text())
     return {
         **dataclasses.asdict(variant), "label": variant.label,
-        "device_kind": t.device_kind, "batch_size": run_cfg.batch_size,
+        "device_kind": t.device_kind, "batch_size": variant_cfg.batch_size,
         "steps_per_dispatch": k, "compile_s": sum(p[2] for p in programs.values()),
         "counts": counts,
         "problems": convolution_problems(counts) if t.platform == "cuda" else [],
@@ -209,8 +212,8 @@ def compile_variant(cfg: Config, variant: Variant, steps_per_dispatch: int,
         "memory": _memory(compiled, t),
         "model": model,
         "steps_per_s": 1 / model["step_s"],
-        "images_per_s": run_cfg.batch_size / model["step_s"],
-        "celeba_run": {"epochs": run_cfg.epochs, "steps": plan.total_steps,
+        "images_per_s": variant_cfg.batch_size / model["step_s"],
+        "celeba_run": {"epochs": variant_cfg.epochs, "steps": plan.total_steps,
                        "minutes": plan.total_steps * model["step_s"] / 60},
     }
 

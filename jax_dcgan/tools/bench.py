@@ -59,6 +59,8 @@ from jax_dcgan.training.feeding import Batches
 from jax_dcgan.training.loop import train
 from jax_dcgan.training.parallel import Parallelism, device_sharding, replicate
 
+__all__ = ["carried_calls", "format_fid", "main", "per_step_timer"]
+
 
 @dataclasses.dataclass
 class Timed:
@@ -198,12 +200,12 @@ def train_loop_variant(cfg: Config, steps: int, epochs: int) -> Timed:
     """`jax-dcgan train` with default loop flags on epochs of `steps` steps; each repeat is a
     new run, timed from its first epoch end on, from the rates in its metrics."""
     cache = tempfile.TemporaryDirectory(prefix="jax-dcgan-bench-")  # removed with `measure`
-    run_cfg = cfg.replace(dataset="synthetic", num_synthetic=cfg.batch_size * steps,
-                          epochs=epochs, steps=0)
+    loop_cfg = cfg.replace(dataset="synthetic", num_synthetic=cfg.batch_size * steps,
+                           epochs=epochs, steps=0)
 
     def measure():
         with tempfile.TemporaryDirectory() as tmp:
-            train(run_cfg.replace(cache_dir=cache.name), f"{tmp}/run", quiet=True)
+            train(loop_cfg.replace(cache_dir=cache.name), f"{tmp}/run", quiet=True)
             records = read_metrics(f"{tmp}/run/metrics.jsonl")
         return cfg.batch_size / steady_images_per_s(records, steps + 1)
 

@@ -35,6 +35,8 @@ torch = import_torch()
 from torch_reference import DCGAN, make_optimizers, train_step  # noqa: E402
 from torch_reference.train import to_tensor as to_torch_images  # noqa: E402
 
+__all__ = ["as_json", "checks", "default_setup", "format_table", "full_precision", "passed"]
+
 SEED_CFG = Config()  # the lecture's widths: 64/64, latent 100, 64x64x3
 SMALL_CFG = Config(gen_features=8, dis_features=8, latent_dim=16, image_size=32)
 CONV_IMPLS = ("matmul", "xla")

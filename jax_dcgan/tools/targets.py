@@ -25,6 +25,8 @@ from typing import Any
 
 from jax_dcgan.common.errors import UserError, summarize
 
+__all__ = ["TARGETS", "Target", "compile_only_devices", "of_device_kind", "peak_flops", "target"]
+
 KiB, MiB, GiB = 2 ** 10, 2 ** 20, 2 ** 30
 
 # Dense datasheet TFLOP/s per chip by device kind (jax.Device.device_kind), checked in order,

@@ -22,6 +22,8 @@ from jax_dcgan.common.errors import UserError, summarize
 from jax_dcgan.config import Config
 from jax_dcgan.model.step import TrainState, create_train_state
 
+__all__ = ["Checkpoints", "load_checkpoint", "raw_key", "restart_advice"]
+
 RUN_SUBDIR = "checkpoints"
 
 

@@ -26,6 +26,8 @@ import jax.numpy as jnp
 
 from jax_dcgan.common.errors import UserError
 
+__all__ = ["Dispatch", "Plan", "choose_steps_per_dispatch", "time_one_step"]
+
 TARGET_SECONDS = 0.05
 MAX_STEPS = 256
 LAST_STEP = 2 ** 31 - 1  # the step counters (the state's, Adam's) are int32 on the device

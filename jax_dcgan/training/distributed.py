@@ -30,6 +30,8 @@ from jax.experimental import multihost_utils
 
 from jax_dcgan.common.errors import ProcessLost, TrainingStopped, UserError, error_line, summarize
 
+__all__ = ["agree", "any_process", "barrier", "initialize", "is_primary", "watching_peers"]
+
 _cluster: tuple | None = None  # (client, process id, process count, heartbeat timeout)
 
 

@@ -32,6 +32,8 @@ from jax_dcgan.outputs.sample import (GRID_IMAGES, generate_images, make_grid, s
 from jax_dcgan.quality import metrics
 from jax_dcgan.training.writers import Kind
 
+__all__ = ["EpochEnd", "NoEpochEnd", "QUEUED_EPOCHS"]
+
 if TYPE_CHECKING:  # the loop imports this module, and makes the run
     from jax_dcgan.training.loop import Run
 

@@ -20,6 +20,8 @@ from jax_dcgan.data import dataset
 from jax_dcgan.training.dispatch import Dispatch, Plan
 from jax_dcgan.training.parallel import Parallelism
 
+__all__ = ["Batches", "Feed", "fits_on_device"]
+
 
 def fits_on_device(nbytes: int, device) -> bool:
     """Whether a dataset this size can stay on `device` with room for training."""

@@ -36,6 +36,8 @@ from jax_dcgan.training.feeding import Batches, Feed, fits_on_device
 from jax_dcgan.training.parallel import Parallelism, select_devices
 from jax_dcgan.training.writers import Kind, Writers, open_writers
 
+__all__ = ["Divergence", "Progress", "Run", "train"]
+
 MAX_ROLLBACKS = 3
 
 

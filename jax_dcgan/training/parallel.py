@@ -16,6 +16,8 @@ from jax_dcgan.common.errors import UserError, check_batch_split
 from jax_dcgan.config import Config, StepConfig
 from jax_dcgan.model.step import AXIS, jit_train_steps, pmap_train_steps
 
+__all__ = ["Parallelism", "device_sharding", "replicate", "select_devices"]
+
 
 def select_devices(cfg: Config) -> list:
     """This process's devices for the run; with several processes, all of them."""

@@ -23,6 +23,8 @@ from jax_dcgan.common.errors import UserError, summarize
 from jax_dcgan.common.files import write_text
 from jax_dcgan.config import Config, flag
 
+__all__ = ["RunDir", "environment", "prepare", "record_start"]
+
 # Fields a resumed run may change: how long and how it runs, not what it computes.
 RESUMABLE_CHANGES = ("epochs", "steps", "log_every", "checkpoint_every", "checkpoint_minutes",
                      "keep_checkpoints", "devices", "steps_per_dispatch", "data_on_device",

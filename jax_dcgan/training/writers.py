@@ -29,6 +29,9 @@ from jax_dcgan.quality.metrics import inception_summary
 from jax_dcgan.training.dispatch import Plan
 from jax_dcgan.training.rundir import RunDir
 
+__all__ = ["ConsoleWriter", "History", "JsonlWriter", "Kind", "MetricWriter", "TensorBoardWriter",
+           "Writers", "open_writers", "record_kind"]
+
 
 class Kind(enum.Enum):
     """What a record of metrics.jsonl is (its `kind`)."""
