@@ -23,6 +23,7 @@ _EXPORTS = {
     "Config": "jax_dcgan.config",
     "ModelConfig": "jax_dcgan.config",
     "StepConfig": "jax_dcgan.config",
+    "Numerics": "jax_dcgan.config",
     "Generator": "jax_dcgan.model.networks",
     "Discriminator": "jax_dcgan.model.networks",
     "TrainState": "jax_dcgan.model.step",

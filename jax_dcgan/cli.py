@@ -16,13 +16,13 @@ import sys
 from jax_dcgan import __version__
 from jax_dcgan.common import runtime
 from jax_dcgan.common.errors import TrainingStopped, UserError, error_line, summarize
-from jax_dcgan.config import (BENCH_VARIANTS, CONV_IMPLS, INT64, PRESETS, Config, check_seed, flag,
-                              preset, read_config_file)
+from jax_dcgan.config import (BENCH_VARIANTS, CONV_BACKENDS, CONV_IMPLS, INT64, PRESETS, Config,
+                              check_seed, flag, preset, read_config_file)
 
 __all__ = ["main"]
 
 # The comparisons of `jax-dcgan parity` (jax_dcgan.tools.parity.CHECK_NAMES, without importing it).
-PARITY_CHECKS = ["architecture"] + [f"{impl}-{check}" for impl in ("matmul", "xla") for check in (
+PARITY_CHECKS = ["architecture"] + [f"{impl}-{check}" for impl in CONV_BACKENDS for check in (
     "layers", "forward", "gradients", "one-step", "many-steps")] + [
     "matmul-vs-xla", "multi-device", "default-precision"]
 # Subcommands that run XLA at length, for which the process restarts with huge pages.
@@ -200,7 +200,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
         variables = jax.tree.map(
             lambda a: a.astype(np.float32) if np.issubdtype(a.dtype, np.floating) else a, variables)
         checkpoints = checkpoint.Checkpoints(args.out)
-        checkpoints.save(create_train_state(cfg.step, cfg.seed, variables), cfg)
+        checkpoints.save(create_train_state(cfg.step_config(), cfg.seed, variables), cfg)
         checkpoints.wait()
         print(f"wrote a step-0 checkpoint of {args.from_torch} to {args.out} "
               f"(latent {cfg.latent_dim}, widths {cfg.gen_features}/{cfg.dis_features}, "

@@ -3,7 +3,7 @@
 Every field of `Config` becomes a `jax-dcgan train` flag (see `cli.py`), so the help
 text lives here, next to the default it explains. The networks take only a
 `ModelConfig` (`Config.model`): what they compute, nothing about data or the loop; the
-training step a `StepConfig` (`Config.step`). Both hold the run's `Numerics`, where
+training step a `StepConfig` (`Config.step_config()`). Both hold the run's `Numerics`, where
 `--conv-impl auto` is decided once for the devices.
 """
 
@@ -237,24 +237,22 @@ class Config:
         return Numerics(conv_backend(self.conv_impl, platform), self.dtype)
 
     def model_config(self, numerics: Numerics | None = None) -> ModelConfig:
+        """What the networks compute with `numerics` (default: `self.numerics()`, which
+        starts JAX's backends to ask for the default one)."""
         return ModelConfig(numerics=numerics or self.numerics(),
                            **{f.name: getattr(self, f.name) for f in dataclasses.fields(ModelConfig)
                               if f.name != "numerics"})
 
     def step_config(self, numerics: Numerics | None = None) -> StepConfig:
+        """What the training step computes with `numerics` (default as `model_config`)."""
         return StepConfig(model=self.model_config(numerics),
                           **{f.name: getattr(self, f.name) for f in dataclasses.fields(StepConfig)
                              if f.name != "model"})
 
     @property
     def model(self) -> ModelConfig:
-        """The networks' configuration on JAX's default backend."""
+        """The networks' configuration on JAX's default backend (`model_config()`)."""
         return self.model_config()
-
-    @property
-    def step(self) -> StepConfig:
-        """The training step's configuration on JAX's default backend."""
-        return self.step_config()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

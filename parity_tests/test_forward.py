@@ -5,9 +5,10 @@ eval mode in both convolution backends: the `architecture` and `forward` rows of
 import pytest
 import torch
 
+from jax_dcgan.config import CONV_BACKENDS
 from jax_dcgan.model.networks import torch_layer_indices
 from jax_dcgan.tools import parity
-from jax_dcgan.tools.parity import CONV_IMPLS, SEED_CFG
+from jax_dcgan.tools.parity import SEED_CFG
 from torch_reference import DCGAN
 
 from .test_layers import assert_pass
@@ -65,7 +66,7 @@ def test_readable_layer_names_map_to_the_lecture_indices():
                           "bn_8x8": 6, "conv_4x4": 8, "bn_4x4": 9, "logit": 11}}
 
 
-@pytest.mark.parametrize("impl", CONV_IMPLS)
+@pytest.mark.parametrize("impl", CONV_BACKENDS)
 def test_forward_passes_and_running_statistics(impl):
     """G and D in eval mode (running statistics warmed up) and train mode (batch
     statistics, and the running statistics and counts that pass leaves behind)."""

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from jax_dcgan.config import CONV_BACKENDS
 from jax_dcgan.model.layers import BatchNorm
 from jax_dcgan.tools import parity
-from jax_dcgan.tools.parity import CONV_IMPLS, nchw
+from jax_dcgan.tools.parity import nchw
 
 ATOL = 2e-5  # float32 sums of a few hundred O(1) products round at ~1e-6 (measured 1.3e-6)
 
@@ -26,7 +27,7 @@ def assert_pass(rows: list[parity.Row]) -> None:
     assert any(r.status == "PASS" for r in rows), "no row passed a comparison"
 
 
-@pytest.mark.parametrize("impl", CONV_IMPLS)
+@pytest.mark.parametrize("impl", CONV_BACKENDS)
 def test_each_layer_kind(impl):
     """Both convolutions at the model's shapes and two others (values in float32; input
     and kernel gradients of our custom VJPs in float64), and the activations with their

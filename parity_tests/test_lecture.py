@@ -85,11 +85,12 @@ def test_two_steps_against_the_reference_built_from_its_own_defaults():
     cfg = Config(dtype="float64", conv_impl="matmul")
     batch = 4
     with parity.float64():
-        state = create_train_state(cfg.step, cfg.seed, parity.jax_variables(model, cfg))
-        step = jit_train_steps(cfg.step)
+        step_cfg = cfg.step_config()
+        state = create_train_state(step_cfg, cfg.seed, parity.jax_variables(model, cfg))
+        step = jit_train_steps(step_cfg)
         for i in range(2):
             data = parity.images(cfg, batch, seed=100 + i)
-            noise = draw_step_randomness(step_key(state), cfg.step, batch)["noise"]
+            noise = draw_step_randomness(step_key(state), step_cfg, batch)["noise"]
             logs = train_step(model, *optimizers, parity.to_torch_images(data, torch.float64),
                               parity.torch_noise(noise, torch.float64))
             state, metrics = step(state, jnp.asarray(data)[None])

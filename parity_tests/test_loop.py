@@ -43,7 +43,8 @@ def test_the_whole_loop_is_the_lectures_loop_in_float64(tmp_path):
     exported = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
 
     with float64():
-        start = create_train_state(cfg.step, cfg.seed)
+        step_cfg = cfg.step_config()
+        start = create_train_state(step_cfg, cfg.seed)
         model = torch_model(cfg, dtype=torch.float64, state_dict=to_state_dict(
             {"generator": start.generator, "discriminator": start.discriminator}, cfg.model))
         optimizers = make_optimizers(model, cfg.lr_g, cfg.lr_d, (cfg.beta1, cfg.beta2), cfg.eps)
@@ -54,7 +55,7 @@ def test_the_whole_loop_is_the_lectures_loop_in_float64(tmp_path):
             grid_noise=torch_noise(draw_noise(cfg.latent_dim, GRID_IMAGES, cfg.seed),
                                    torch.float64),
             noise=lambda step: torch_noise(draw_step_randomness(
-                jax.random.fold_in(start.rng, step), cfg.step, cfg.batch_size)["noise"],
+                jax.random.fold_in(start.rng, step), step_cfg, cfg.batch_size)["noise"],
                 torch.float64),
             dtype=torch.float64))
     # The same records: scripts/experiments.py averages a run's last epoch by these fields.

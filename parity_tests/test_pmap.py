@@ -10,9 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_dcgan.model.step import create_train_state, jit_train_steps, pmap_train_steps
+from jax_dcgan.model.step import create_train_state, jit_train_steps, pmap_train_steps, raw_key
 from jax_dcgan.tools.parity import SEED_CFG, SMALL_CFG, float64, images
-from jax_dcgan.training.checkpoint import raw_key
 from jax_dcgan.training.parallel import device_sharding, replicate
 
 DEVICES = 4
@@ -34,15 +33,16 @@ def test_pmap_equals_single_device(base, impl, steps_per_call):
         data = np.stack([images(cfg, batch, seed=s) for s in range(steps_per_call)])  # (K, B, ...)
         to64 = lambda t: jax.tree.map(
             lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a, t)
-        state = to64(create_train_state(cfg.step, cfg.seed))
+        step_cfg = cfg.step_config()
+        state = to64(create_train_state(step_cfg, cfg.seed))
 
         devices = jax.local_devices()[:DEVICES]
         replicated = replicate(state, devices)  # before the jit call donates `state`
-        single, m_single = jit_train_steps(cfg.step)(state, jnp.asarray(data))
+        single, m_single = jit_train_steps(step_cfg)(state, jnp.asarray(data))
 
         shards = data.reshape(steps_per_call, DEVICES, batch // DEVICES, *data.shape[2:])
         shards = jax.device_put(shards.swapaxes(0, 1), device_sharding(devices))
-        multi, m_multi = pmap_train_steps(cfg.step, devices)(replicated, shards)
+        multi, m_multi = pmap_train_steps(step_cfg, devices)(replicated, shards)
 
         np.testing.assert_allclose(m_multi[0], m_single, atol=1e-9)
         paths = jax.tree_util.tree_leaves_with_path(raw_key(multi))

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from jax_dcgan.config import CONV_BACKENDS
 from jax_dcgan.model.convert import to_state_dict
 from jax_dcgan.tools import parity
-from jax_dcgan.tools.parity import (CONV_IMPLS, SMALL_CFG, adam_moments_torch, flax_tree_as_torch,
-                                    float64, run_both, state_dict_numpy)
+from jax_dcgan.tools.parity import (SMALL_CFG, adam_moments_torch, flax_tree_as_torch, float64,
+                                    run_both, state_dict_numpy)
 
 from .test_layers import assert_pass
 
@@ -45,19 +46,19 @@ def assert_same_training_state(cfg, model, optimizers, state, atol: float,
     assert beyond <= outliers / 5 * total, f"{beyond} of {total} moments beyond {rtol_moments}"
 
 
-@pytest.mark.parametrize("impl", CONV_IMPLS)
+@pytest.mark.parametrize("impl", CONV_BACKENDS)
 def test_one_step_float32_everything(impl):
     """Float32, the lecture's settings: losses, accuracies, every parameter, statistic and
     Adam moment (see parity.one_step for the two discontinuities that set the bounds)."""
     assert_pass(parity.one_step(parity.Setup(), impl))
 
 
-@pytest.mark.parametrize("impl", CONV_IMPLS)
+@pytest.mark.parametrize("impl", CONV_BACKENDS)
 def test_gradients_of_both_losses(impl):
     assert_pass(parity.gradients(parity.Setup(), impl))
 
 
-@pytest.mark.parametrize("impl", CONV_IMPLS)
+@pytest.mark.parametrize("impl", CONV_BACKENDS)
 def test_many_steps_float64(impl):
     assert_pass(parity.many_steps(parity.Setup(), impl))
 

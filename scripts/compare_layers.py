@@ -47,7 +47,8 @@ def main() -> None:
     for name, module in (("other", load(args.other)), ("this", layers)):
         # conv2d and its VJP look these up when traced, so each jit traces its own pair.
         layers.im2col, layers.col2im = module.im2col, module.col2im
-        step, state = jit_train_steps(cfg.step), create_train_state(cfg.step, cfg.seed)
+        step_cfg = cfg.step_config()
+        step, state = jit_train_steps(step_cfg), create_train_state(step_cfg, cfg.seed)
         state, metrics = step(state, batch)
         jax.block_until_ready(metrics)
         steps[name] = [step, state]

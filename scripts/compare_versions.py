@@ -9,7 +9,7 @@
 Each checkout gets a worker process (its own imports); the workers take turns, so
 that the drift of a shared machine hits both alike, and only one runs at a time.
 Step mode: each holds a compiled step and a state and runs a block of calls of
-`jit_train_steps(Config(...).step)` on `--steps-per-call` steps (what the loop
+`jit_train_steps(Config(...).step_config())` on `--steps-per-call` steps (what the loop
 dispatches; 1 for the lecture's model on a CPU). Loop mode: each turn is a new
 `train()` with default flags on synthetic faces for 3 epochs of `--epoch-steps`
 steps, timed after the first epoch from the rates in its own metrics.
@@ -35,7 +35,8 @@ if importlib.util.find_spec("jax_dcgan.model"):  # the package's subpackage layo
     from jax_dcgan import train
     from jax_dcgan.outputs.plots import read_metrics
     def make_step(cfg):
-        return jax_dcgan.jit_train_steps(cfg.step), jax_dcgan.create_train_state(cfg.step, cfg.seed)
+        step_cfg = cfg.step_config()
+        return jax_dcgan.jit_train_steps(step_cfg), jax_dcgan.create_train_state(step_cfg, cfg.seed)
 else:  # 0.2's flat layout
     from jax_dcgan.plots import read_metrics
     from jax_dcgan.step import create_train_state, jit_train_steps

@@ -141,10 +141,10 @@ def replicate_d_loss(a: argparse.Namespace, alpha: float = 0.05, power: float = 
 def loss_summary(out: str, epochs: int) -> dict:
     """The losses of a run's last epoch, selected by the epoch each step record carries (both
     trainers log the same fields: parity_tests/test_loop.py), and its collapse flags."""
-    with open(os.path.join(out, "metrics.jsonl")) as f:
-        records = [json.loads(line) for line in f]
-    steps = [r for r in records if "g_loss" in r]
-    events = [r for r in records if "collapsed" in r]  # the per-epoch diversity records
+    from jax_dcgan.outputs.plots import Kind, read_records, record_kind
+    records = read_records(os.path.join(out, "metrics.jsonl"))
+    steps = [r for r in records if record_kind(r) is Kind.STEP]
+    events = [r for r in records if record_kind(r) is Kind.EPOCH]  # the diversity monitor's
     last_epoch = [r for r in steps if r["epoch"] == epochs]
     if not last_epoch:
         raise SystemExit(f"{out}: no steps of epoch {epochs} in metrics.jsonl; was the run "

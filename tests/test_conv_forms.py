@@ -63,9 +63,10 @@ def convolution_forms(hlo: str) -> dict[str, int]:
 
 def lowered_step(impl: str, steps: int) -> str:
     cfg = TINY.replace(conv_impl=impl, image_size=32)
-    state = create_train_state(cfg.step, cfg.seed)
+    step_cfg = cfg.step_config()
+    state = create_train_state(step_cfg, cfg.seed)
     batch = np.zeros((steps, cfg.batch_size, 32, 32, 3), np.uint8)
-    return jit_train_steps(cfg.step).lower(state, batch).as_text(dialect="hlo")
+    return jit_train_steps(step_cfg).lower(state, batch).as_text(dialect="hlo")
 
 
 @pytest.mark.parametrize("steps", [1, 3])  # outside and inside lax.scan

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from jax_dcgan.common.errors import Interrupted, ProcessLost
+from jax_dcgan.model.step import raw_key
 from jax_dcgan.training import checkpoint, distributed
 from jax_dcgan.training.distributed import PeerWatch
 
@@ -62,7 +63,7 @@ def launch_two(out, cache, steps: int, *extra: str, **changes) -> list[str]:
 def final_state(run):
     state, _ = checkpoint.load_checkpoint(str(run))
     assert int(state.step) == STEPS
-    return checkpoint.raw_key(state)
+    return raw_key(state)
 
 
 def assert_close(a, b, what: str) -> None:

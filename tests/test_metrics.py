@@ -13,9 +13,9 @@ from jax_dcgan.data import dataset
 from jax_dcgan.model.step import create_train_state
 from jax_dcgan.outputs.sample import GRID_IMAGES, draw_noise, grid_pass, sampling_generator
 from jax_dcgan.quality import metrics
+from jax_dcgan.training.checkpoint import Progress
 from jax_dcgan.training.dispatch import Plan
 from jax_dcgan.training.epoch_end import EpochEnd
-from jax_dcgan.training.loop import Progress
 from jax_dcgan.training.rundir import RunDir
 from jax_dcgan.training.writers import ConsoleWriter, History, JsonlWriter, Writers
 
@@ -134,15 +134,15 @@ def test_diversity_monitor_fires_on_a_collapsed_generator(tmp_path, faces):
     """Diverse samples, then all alike: the third epoch is flagged, in the log and as a warning;
     the best diversity so far is what the checkpoints keep."""
     cfg = TINY.replace(image_size=32)
-    state = create_train_state(cfg.step, cfg.seed)
+    state = create_train_state(cfg.step_config(), cfg.seed)
     params = state.generator["params"]
     diverse = jax.tree.map(lambda x: 10 * x, params)  # saturated, varied patterns
     alike = {**params, "to_rgb": {"kernel": params["to_rgb"]["kernel"] * 0}}  # every sample is 0
     plan = Plan(steps_per_epoch=10, total_steps=30, checkpoint_every=0, steps_per_dispatch=1)
     writers = Writers(ConsoleWriter(plan, 1, 0, disable=True), History(),
                       JsonlWriter(str(tmp_path / "metrics.jsonl")))
-    run = SimpleNamespace(directory=RunDir(str(tmp_path)), cfg=cfg, step_cfg=cfg.step, plan=plan,
-                          writers=writers, progress=Progress())  # the parts EpochEnd uses
+    run = SimpleNamespace(directory=RunDir(str(tmp_path)), cfg=cfg, step_cfg=cfg.step_config(),
+                          plan=plan, writers=writers, progress=Progress())  # what EpochEnd uses
     monitor = EpochEnd(run, faces)
     noise = draw_noise(cfg.latent_dim, GRID_IMAGES, cfg.seed)
 

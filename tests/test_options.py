@@ -15,9 +15,10 @@ from .helpers import TINY
 
 def test_ema_of_generator_weights():
     cfg = TINY.replace(ema_decay=0.75)
-    state = create_train_state(cfg.step, cfg.seed)
+    step_cfg = cfg.step_config()
+    state = create_train_state(step_cfg, cfg.seed)
     expected = jax.tree.map(np.asarray, state.generator["params"])
-    step = jit_train_steps(cfg.step)
+    step = jit_train_steps(step_cfg)
     batch = jnp.zeros((1, cfg.batch_size, 16, 16, 3), jnp.uint8)
     for t in range(30):  # warm-up decay (1 + t) / (10 + t), then 0.75 from t = 26 on
         state, _ = step(state, batch)
@@ -26,7 +27,7 @@ def test_ema_of_generator_weights():
                                 state.generator["params"])
     for a, b in zip(jax.tree.leaves(state.g_ema), jax.tree.leaves(expected)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
-    assert create_train_state(TINY.step, TINY.seed).g_ema == {}
+    assert create_train_state(TINY.step_config(), TINY.seed).g_ema == {}
 
 
 def test_dcgan_initialisation_is_normal_002():
@@ -60,7 +61,7 @@ def test_presets():
 
 def test_label_randomness_has_the_asked_rates():
     cfg = TINY.replace(label_flip=0.3, label_smoothing=0.1)
-    rand = draw_step_randomness(jax.random.key(0), cfg.step, 20000)
+    rand = draw_step_randomness(jax.random.key(0), cfg.step_config(), 20000)
     real, fake = np.asarray(rand["real_target"]), np.asarray(rand["fake_target"])
     assert set(np.unique(real)) == {0.0, np.float32(0.9)} and set(np.unique(fake)) == {0.0, np.float32(0.9)}
     assert abs(np.mean(real == 0) - 0.3) < 0.02 and abs(np.mean(fake != 0) - 0.3) < 0.02
@@ -76,7 +77,7 @@ def test_training_bytes_counts_the_weights_and_feature_maps(size, dtype):
 
     full = TINY.replace(image_size=size, dtype=dtype)
     cfg = full.model
-    state = jax.eval_shape(lambda: create_train_state(full.step, full.seed))
+    state = jax.eval_shape(lambda: create_train_state(full.step_config(), full.seed))
     kernel_bytes = sum(leaf.size * leaf.dtype.itemsize for path, leaf in
                        jax.tree_util.tree_leaves_with_path((state.generator, state.discriminator))
                        if path[-1].key == "kernel")

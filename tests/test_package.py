@@ -12,8 +12,9 @@ import pytest
 import jax_dcgan
 from jax_dcgan.config import Config, Numerics
 from jax_dcgan.model.layers import conv2d, conv_transpose2d
+from jax_dcgan.outputs.plots import Kind, record_kind
 from jax_dcgan.outputs.sample import generate
-from jax_dcgan.training.writers import History, JsonlWriter, Kind, record_kind
+from jax_dcgan.training.writers import History, JsonlWriter
 
 from .helpers import ROOT
 

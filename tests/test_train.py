@@ -1,5 +1,6 @@
 """`jax-dcgan train` end to end on tiny configurations."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import pytest
 import torch
 
 from jax_dcgan.common import runtime
+from jax_dcgan.model.step import raw_key
 from jax_dcgan.outputs.sample import GRID_IMAGES, draw_noise, grid_pass
 from jax_dcgan.training import checkpoint, epoch_end, parallel
 from jax_dcgan.training.loop import train
@@ -90,7 +92,7 @@ def test_one_and_four_devices_train_alike(tmp_path):
     states = [train(TINY.replace(cache_dir=str(tmp_path / "c"), devices=d, epochs=1,
                                  dtype="float64"), str(tmp_path / f"run{d}"), quiet=True)
               for d in (1, 4)]
-    one, four = (jax.tree_util.tree_leaves_with_path(checkpoint.raw_key(s)) for s in states)
+    one, four = (jax.tree_util.tree_leaves_with_path(raw_key(s)) for s in states)
     assert len(one) == len(four) > 40
     for (path, a), (_, b) in zip(one, four):
         assert np.asarray(a).dtype == np.asarray(b).dtype, jax.tree_util.keystr(path)
@@ -191,7 +193,7 @@ def test_checkpoint_with_a_raw_key_as_0_2_wrote_resumes_exactly(tmp_path):
         manager.save(7, args=checkpoint.ocp.args.Composite(
             state=checkpoint.ocp.args.StandardSave(state.replace(rng=raw)),
             config=checkpoint.ocp.args.JsonSave(saved.to_dict()),
-            progress=checkpoint.ocp.args.JsonSave(progress)))
+            progress=checkpoint.ocp.args.JsonSave(dataclasses.asdict(progress))))
     restored, _, _ = checkpoint.Checkpoints(str(old / "checkpoints")).restore()
     assert jax.dtypes.issubdtype(restored.rng.dtype, jax.dtypes.prng_key)
     assert raw.dtype == np.uint32 and raw.shape == (2,)

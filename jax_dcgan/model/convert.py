@@ -1,7 +1,7 @@
 """Lossless conversion between the lecture's PyTorch state dict and Flax variables.
 
 The mapping is by name: Flax module `deconv_8x8` in `generator` is PyTorch's
-`generator.3` (`models.torch_layer_indices`). Only the two file helpers import
+`generator.3` (`networks.torch_layer_indices`). Only the two file helpers import
 torch, lazily; everything else works on numpy arrays, so conversion logic needs
 no torch install.
 """

@@ -33,7 +33,7 @@ from jax_dcgan.model.networks import (DTYPES, Discriminator, Generator, init_var
 
 __all__ = ["AXIS", "METRICS", "TrainState", "check_fits", "create_train_state",
            "draw_step_randomness", "jit_train_steps", "metrics_dict", "normalize_images",
-           "pmap_train_steps", "step_key"]
+           "pmap_train_steps", "raw_key", "step_key"]
 
 AXIS = "devices"  # the pmap axis of data parallelism
 METRICS = ("g_loss", "d_loss", "acc_real", "acc_fake")
@@ -95,6 +95,12 @@ def create_train_state(cfg: StepConfig, seed: int, variables: dict | None = None
         generator=variables["generator"], discriminator=variables["discriminator"],
         g_opt=tx_g.init(g_params), d_opt=tx_d.init(variables["discriminator"]["params"]),
         g_ema=jax.tree.map(jnp.copy, g_params) if cfg.ema_decay else {})
+
+
+def raw_key(state: TrainState) -> TrainState:
+    """`state` with its typed key as the key's raw uint32 data: what checkpoints hold (orbax
+    cannot store typed keys, and 0.2 stored the same data) and what NumPy can compare."""
+    return state.replace(rng=jax.random.key_data(state.rng))
 
 
 def normalize_images(images: jax.Array, dtype: Any) -> jax.Array:

@@ -1,4 +1,5 @@
-"""The lecture's loss plot and the quality curves, drawn from values held in memory.
+"""The lecture's loss plot and the quality curves, drawn from values held in memory, and
+the reading of metrics.jsonl and its records' kinds.
 
 Figures are made with matplotlib's object API (no pyplot state), so they can be
 drawn in the training loop's background thread.
@@ -6,8 +7,10 @@ drawn in the training loop's background thread.
 
 from __future__ import annotations
 
+import enum
 import json
 import os
+from typing import Any, Mapping
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -15,13 +18,32 @@ from matplotlib.figure import Figure
 
 from jax_dcgan.common.files import atomic_write
 
-__all__ = ["plot_curves", "plot_losses", "read_metrics", "read_records", "running_average",
-           "steady_images_per_s"]
+__all__ = ["Kind", "plot_curves", "plot_losses", "read_metrics", "read_records", "record_kind",
+           "running_average", "steady_images_per_s"]
+
+
+class Kind(enum.Enum):
+    """What a record of metrics.jsonl is (its `kind`)."""
+    STEP = "step"              # one training step's losses, accuracies and throughput
+    EPOCH = "epoch"            # an epoch end's diversity monitor and timing
+    EVALUATION = "evaluation"  # SWD, FID and KID
+    ROLLBACK = "rollback"      # a rollback to a checkpoint after non-finite losses
+
+
+def record_kind(record: Mapping[str, Any]) -> Kind:
+    """The kind of a metrics.jsonl record; version 0.2 wrote none, and its kinds had these
+    keys."""
+    if "kind" in record:
+        return Kind(record["kind"])
+    if "g_loss" in record:
+        return Kind.STEP
+    return Kind.EVALUATION if "swd" in record else (
+        Kind.ROLLBACK if "rollback" in record else Kind.EPOCH)
 
 
 def read_metrics(path: str) -> list[dict]:
     """The per-step records of a run's metrics.jsonl (not the per-epoch ones)."""
-    return [r for r in read_records(path) if "g_loss" in r]
+    return [r for r in read_records(path) if record_kind(r) is Kind.STEP]
 
 
 def read_records(path: str) -> list[dict]:

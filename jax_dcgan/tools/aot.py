@@ -87,13 +87,13 @@ def celeba_plan(cfg: Config) -> Plan:
 def compile_program(cfg: Config, parallelism: Parallelism, steps: int):
     """The compiled call of `steps` steps that `train` dispatches on `parallelism`, kept out of
     JAX's persistent cache (`runtime.no_persistent_cache`)."""
+    step_cfg = cfg.step_config(cfg.numerics(parallelism.platform))
     state = parallelism.placed_shapes(
-        jax.eval_shape(lambda: create_train_state(cfg.step, cfg.seed)))
+        jax.eval_shape(lambda: create_train_state(step_cfg, cfg.seed)))
     batches = parallelism.batches_shape(steps, cfg.batch_size,
                                         (cfg.image_size, cfg.image_size, cfg.channels))
     with runtime.no_persistent_cache():
-        step_fn = parallelism.step_function(cfg.step_config(cfg.numerics(parallelism.platform)))
-        return step_fn.lower(state, batches).compile()
+        return parallelism.step_function(step_cfg).lower(state, batches).compile()
 
 
 def predict(counts: dict, t: Target, dtype: str, devices: int) -> dict:
@@ -177,8 +177,8 @@ def compile_variant(cfg: Config, variant: Variant, steps_per_dispatch: int,
     plan = celeba_plan(variant_cfg)
     with runtime.float64_mode(variant.dtype):
         parallelism = Parallelism(compile_only_devices(t, variant.devices))
-        conv = variant_cfg.numerics(parallelism.platform).conv
-        variant_cfg = variant_cfg.replace(conv_impl=conv)
+        numerics = variant_cfg.numerics(parallelism.platform)
+        variant_cfg = variant_cfg.replace(conv_impl=numerics.conv)  # as decided for the target
         variant = dataclasses.replace(variant, conv_impl=variant_cfg.conv_impl)
         programs = {1: _compiled(variant_cfg, parallelism, 1)}
         # TPU programs hold their convolutions in fusions, with input dilation done by the
@@ -193,7 +193,7 @@ def compile_variant(cfg: Config, variant: Variant, steps_per_dispatch: int,
         if k > 1:
             programs[k] = _compiled(variant_cfg, parallelism, k)
         leaves = len(jax.tree.leaves(jax.eval_shape(
-            lambda: create_train_state(variant_cfg.step, variant_cfg.seed))))
+            lambda: create_train_state(variant_cfg.step_config(numerics), variant_cfg.seed))))
     compiled, program, seconds = programs[k]
     counts = {**_counts(program, k), **xla_count}
     model = predict(counts, t, variant.dtype, variant.devices)
@@ -224,12 +224,13 @@ def _local_call(cfg: Config, v: dict, calls: int):
     from jax_dcgan.tools import bench
     parallelism = Parallelism(jax.local_devices()[:v["devices"]])
     k = v["steps_per_dispatch"]
-    state = parallelism.put(create_train_state(cfg.step, cfg.seed))
+    step_cfg = cfg.step_config(cfg.numerics(parallelism.platform))
+    state = parallelism.put(create_train_state(step_cfg, cfg.seed))
     shape = parallelism.batches_shape(k, cfg.batch_size,
                                       (cfg.image_size, cfg.image_size, cfg.channels))
     batch = jax.device_put(np.random.default_rng(0).integers(0, 256, shape.shape, np.uint8),
                            parallelism.batch_sharding)
-    compiled = parallelism.step_function(cfg.step).lower(state, batch).compile()
+    compiled = parallelism.step_function(step_cfg).lower(state, batch).compile()
     run = bench.carried_calls(compiled, state, lambda _: batch, k, calls)
     run()  # the first call loads and warms up
     return Program.read(compiled.as_text()), bench.per_step_timer(run, k * calls)

@@ -46,7 +46,7 @@ from jax_dcgan.common import runtime
 from jax_dcgan.common.errors import check_batch_split, summarize
 from jax_dcgan.common.files import write_text
 from jax_dcgan.common.optional import import_torch
-from jax_dcgan.config import BENCH_VARIANTS, Config
+from jax_dcgan.config import BENCH_VARIANTS, CONV_BACKENDS, Config
 from jax_dcgan.data.dataset import cache_root
 from jax_dcgan.model.layers import Conv, ConvTranspose, conv2d, conv_transpose2d
 from jax_dcgan.model.networks import DTYPES, Discriminator, Generator
@@ -151,9 +151,10 @@ def carried_calls(step, state, batch_of: Callable[[int], jax.Array], steps_per_c
 
 def compile_step(cfg: Config, device) -> tuple[Callable, object, jax.Array]:
     """The one-step program on `device`, compiled ahead of time: (callable, state, batch)."""
-    state = jax.device_put(create_train_state(cfg.step, cfg.seed), device)
+    step_cfg = cfg.step_config()
+    state = jax.device_put(create_train_state(step_cfg, cfg.seed), device)
     batch = jax.device_put(_images(cfg, cfg.batch_size)[None], device)
-    return jit_train_steps(cfg.step).lower(state, batch).compile(), state, batch
+    return jit_train_steps(step_cfg).lower(state, batch).compile(), state, batch
 
 
 def jit_variant(cfg: Config, steps: int, impl: str) -> Timed:
@@ -172,11 +173,12 @@ def jit_variant(cfg: Config, steps: int, impl: str) -> Timed:
 
 def pmap_variant(cfg: Config, steps: int, devices: list) -> Timed:
     d = len(devices)
-    step = pmap_train_steps(cfg.step, devices)
+    step_cfg = cfg.step_config()
+    step = pmap_train_steps(step_cfg, devices)
     batch = jax.device_put(_images(cfg, cfg.batch_size).reshape(d, 1, cfg.batch_size // d,
                                                                 *([cfg.image_size] * 2), -1),
                            device_sharding(devices))
-    state = replicate(create_train_state(cfg.step, cfg.seed), devices)
+    state = replicate(create_train_state(step_cfg, cfg.seed), devices)
     run = carried_calls(step, state, lambda _: batch, 1, steps)
     return Timed(f"jax-pmap ({d} device{'s' if d > 1 else ''})", "jax",
                  per_step_timer(run, steps), _first_call(run))
@@ -189,8 +191,9 @@ def fused_variant(cfg: Config, steps: int, impl: str, calls: int = 4) -> Timed:
     parallelism = Parallelism([device])
     batches = Batches(_images(cfg, cfg.batch_size * steps * 2), cfg.batch_size, cfg.seed,
                       parallelism, resident=True)
-    state = jax.device_put(create_train_state(cfg.step, cfg.seed), device)
-    run = carried_calls(jit_train_steps(cfg.replace(conv_impl=impl).step), state,
+    step_cfg = cfg.replace(conv_impl=impl).step_config()
+    state = jax.device_put(create_train_state(step_cfg, cfg.seed), device)
+    run = carried_calls(jit_train_steps(step_cfg), state,
                         lambda position: batches.get(position % (2 * steps), steps), steps, calls)
     return Timed(f"jax-fused-{impl} ({steps} steps/call)", "jax",
                  per_step_timer(run, steps * calls), _first_call(run))
@@ -372,30 +375,30 @@ def layer_times(cfg: Config, repeats: int, calls: int = 10) -> list[dict]:
         kernel = jnp.asarray(rng.standard_normal((c, k, k, o) if transposed else (k, k, c, o))
                              / np.sqrt(k * k * c), DTYPES[cfg.dtype])
         row = {"layer": name, "input": list(x_shape), "kernel": list(kernel.shape)}
-        for impl in ("matmul", "xla"):
+        for backend in CONV_BACKENDS:
             loss = functools.partial(_layer_loss, op=op, stride=module.stride,
-                                     padding=module.padding, impl=impl)
+                                     padding=module.padding, backend=backend)
             fwd_bwd = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
             jax.block_until_ready(fwd_bwd(x, kernel))
-            runs.append((row, impl, fwd_bwd, x, kernel))
-            row[f"{impl}_ms"] = []
+            runs.append((row, backend, fwd_bwd, x, kernel))
+            row[f"{backend}_ms"] = []
         rows.append(row)
     for _ in range(repeats):
-        for row, impl, fwd_bwd, x, kernel in runs:
+        for row, backend, fwd_bwd, x, kernel in runs:
             start = time.perf_counter()
             for _ in range(calls):
                 out = fwd_bwd(x, kernel)
             jax.block_until_ready(out)
-            row[f"{impl}_ms"].append(1e3 * (time.perf_counter() - start) / calls)
+            row[f"{backend}_ms"].append(1e3 * (time.perf_counter() - start) / calls)
     for row in rows:
-        for impl in ("matmul", "xla"):
-            row[f"{impl}_ms"] = statistics.median(row[f"{impl}_ms"])
+        for backend in CONV_BACKENDS:
+            row[f"{backend}_ms"] = statistics.median(row[f"{backend}_ms"])
         row["xla_over_matmul"] = row["xla_ms"] / row["matmul_ms"]
     return rows
 
 
-def _layer_loss(x, kernel, *, op, stride, padding, impl):
-    return jnp.sum(jnp.square(op(x, kernel, stride, padding, impl).astype(jnp.float32)))
+def _layer_loss(x, kernel, *, op, stride, padding, backend):
+    return jnp.sum(jnp.square(op(x, kernel, stride, padding, backend).astype(jnp.float32)))
 
 
 def format_layers(rows: list[dict]) -> str:

@@ -22,13 +22,13 @@ import numpy as np
 
 from jax_dcgan.common import runtime
 from jax_dcgan.common.optional import import_torch
-from jax_dcgan.config import Config
+from jax_dcgan.config import CONV_BACKENDS, Config
 from jax_dcgan.model.convert import from_state_dict, to_state_dict
 from jax_dcgan.model.layers import conv2d, conv_transpose2d
 from jax_dcgan.model.networks import Discriminator, Generator, leaky_relu, torch_layer_indices
 from jax_dcgan.model.step import (create_train_state, draw_step_randomness, jit_train_steps,
-                                  metrics_dict, normalize_images, pmap_train_steps, step_key)
-from jax_dcgan.training.checkpoint import raw_key
+                                  metrics_dict, normalize_images, pmap_train_steps, raw_key,
+                                  step_key)
 from jax_dcgan.training.parallel import device_sharding, replicate
 
 torch = import_torch()
@@ -39,7 +39,6 @@ __all__ = ["as_json", "checks", "default_setup", "format_table", "full_precision
 
 SEED_CFG = Config()  # the lecture's widths: 64/64, latent 100, 64x64x3
 SMALL_CFG = Config(gen_features=8, dis_features=8, latent_dim=16, image_size=32)
-CONV_IMPLS = ("matmul", "xla")
 # A float32 sum of up to 8,192 products of O(1) values rounds at ~1e-6 in either framework.
 F32 = "float32 sums of up to 8,192 products of O(1) values round at ~1e-6"
 F64 = "float64 rounding (~1e-16 per operation) over a whole pass or step"
@@ -160,14 +159,15 @@ def run_both(cfg: Config, steps: int, batch: int, dtype=None, seed: int = 0,
     dtype = dtype or torch.float32
     model = torch_model(cfg, seed, dtype, state_dict, device)
     opt_g, opt_d = make_optimizers(model, cfg.lr_g, cfg.lr_d, (cfg.beta1, cfg.beta2), cfg.eps)
-    state = create_train_state(cfg.step, seed, jax_variables(model, cfg))
-    step = jit_train_steps(cfg.step)
+    step_cfg = cfg.step_config()
+    state = create_train_state(step_cfg, seed, jax_variables(model, cfg))
+    step = jit_train_steps(step_cfg)
     own_labels = cfg.label_smoothing == 0 and cfg.label_flip == 0
     logs, metrics = [], []
     tensor = lambda a: torch.tensor(np.asarray(a), dtype=dtype, device=device)
     for i in range(steps):
         data = images(cfg, batch, seed=100 + i)
-        rand = draw_step_randomness(step_key(state), cfg.step, batch)
+        rand = draw_step_randomness(step_key(state), step_cfg, batch)
         logs.append(train_step(
             model, opt_g, opt_d, to_torch_images(data, dtype, device),
             torch_noise(rand["noise"], dtype, device),
@@ -506,13 +506,14 @@ def multi_device(setup: Setup, batch: int = 8) -> list[Row]:
         cfg = setup.cfg.replace(dtype=dtype)
         data = images(cfg, batch)[None]
         variables = jax_variables(torch_model(cfg, state_dict=setup.state_dict), cfg)
-        state = create_train_state(cfg.step, cfg.seed, variables)  # float64 leaves in float64 mode
+        step_cfg = cfg.step_config()
+        state = create_train_state(step_cfg, cfg.seed, variables)  # float64 in float64 mode
         devices = jax.local_devices()[:count]
         replicated = replicate(state, devices)
-        single, m_single = jit_train_steps(cfg.step)(state, jnp.asarray(data))
+        single, m_single = jit_train_steps(step_cfg)(state, jnp.asarray(data))
         shards = jax.device_put(data.reshape(1, count, batch // count, *data.shape[2:])
                                 .swapaxes(0, 1), device_sharding(devices))
-        multi, m_multi = pmap_train_steps(cfg.step, devices)(replicated, shards)
+        multi, m_multi = pmap_train_steps(step_cfg, devices)(replicated, shards)
         leaves = list(zip(jax.tree.leaves(raw_key(multi)), jax.tree.leaves(raw_key(single))))
         spread = max(float(np.abs(np.asarray(a) - np.asarray(a)[:1]).max()) for a, _ in leaves)
         diff = _max((np.asarray(a)[0], b) for a, b in leaves)
@@ -575,7 +576,7 @@ def backend_results(transposed: bool, shape: tuple) -> list:
                                             else (4, 4, c_in, c_out)))
         op = conv_transpose2d if transposed else conv2d
         return [jax.tree.map(np.asarray, jax.value_and_grad(lambda a, b, impl=impl: jnp.sum(
-            jnp.sin(op(a, b, stride, padding, impl))), (0, 1))(x, k)) for impl in CONV_IMPLS]
+            jnp.sin(op(a, b, stride, padding, impl))), (0, 1))(x, k)) for impl in CONV_BACKENDS]
 
 
 def backends(setup: Setup) -> list[Row]:
@@ -589,7 +590,7 @@ def backends(setup: Setup) -> list[Row]:
         layers_diff = max(layers_diff, _max(zip(jax.tree.leaves(matmul), jax.tree.leaves(xla))))
     with float64():
         states = [run_both(SMALL_CFG.replace(dtype="float64", conv_impl=impl), 12, 8,
-                           torch.float64, device=setup.device)[3] for impl in CONV_IMPLS]
+                           torch.float64, device=setup.device)[3] for impl in CONV_BACKENDS]
         steps_diff = _max(zip(*(jax.tree.leaves(raw_key(s)) for s in states)))
     return [Row("each layer kind, float64: values (up to ~100) and gradients, max", layers_diff,
                 1e-10, F64),
@@ -601,7 +602,7 @@ def checks(setup: Setup) -> list[tuple[str, Callable[[], list[Row]]]]:
     """Every comparison, named, in the order the table prints them; run them inside
     `full_precision()`."""
     found = [("architecture", lambda: architecture(setup))]
-    for impl in CONV_IMPLS:
+    for impl in CONV_BACKENDS:
         found += [(f"{impl}-layers", lambda impl=impl: layers(setup, impl)),
                   (f"{impl}-forward", lambda impl=impl: forward(setup, impl)),
                   (f"{impl}-gradients", lambda impl=impl: gradients(setup, impl)),

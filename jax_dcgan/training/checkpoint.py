@@ -10,6 +10,7 @@ when complete, so a killed process never leaves a half-written step behind.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 
 import jax
@@ -20,9 +21,25 @@ import tensorstore as ts
 from jax_dcgan.common import runtime
 from jax_dcgan.common.errors import UserError, summarize
 from jax_dcgan.config import Config
-from jax_dcgan.model.step import TrainState, create_train_state
+from jax_dcgan.model.step import TrainState, create_train_state, raw_key
 
-__all__ = ["Checkpoints", "load_checkpoint", "raw_key", "restart_advice"]
+__all__ = ["Checkpoints", "Progress", "load_checkpoint", "restart_advice"]
+
+
+@dataclasses.dataclass
+class Progress:
+    """What a checkpoint keeps beside the state for an exact resume: the steps per call the
+    run chose and for which devices, and the best diversity seen so far."""
+    steps_per_dispatch: int = 0
+    platform: str = ""
+    device_count: int = 0
+    best_diversity: float = 0.0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Progress":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
 
 RUN_SUBDIR = "checkpoints"
 
@@ -36,7 +53,7 @@ class Checkpoints:
                                                read_only=read_only)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
-    def save(self, state: TrainState, cfg: Config, progress: dict | None = None) -> None:
+    def save(self, state: TrainState, cfg: Config, progress: Progress | None = None) -> None:
         """Save `state` (one device's copy) under its step; returns once it is safe to donate.
 
         The files are written in the background; a failure shows at the next save or
@@ -49,7 +66,7 @@ class Checkpoints:
             self._manager.save(step, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(raw_key(state)),
                 config=ocp.args.JsonSave(cfg.to_dict()),
-                progress=ocp.args.JsonSave(progress or {})))
+                progress=ocp.args.JsonSave(dataclasses.asdict(progress or Progress()))))
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -58,7 +75,7 @@ class Checkpoints:
         return sorted(self._manager.all_steps())
 
     def restore(self, step: int | None = None, sharding: jax.sharding.Sharding | None = None
-                ) -> tuple[TrainState, Config, dict]:
+                ) -> tuple[TrainState, Config, Progress]:
         """(state, config, progress) at `step` (default: the latest), the state on `sharding`
         (default: the first local device; naming it lets a checkpoint of a multi-process run
         load in one process)."""
@@ -72,7 +89,7 @@ class Checkpoints:
                 items["progress"] = ocp.args.JsonRestore()
             restored = self._manager.restore(step, args=ocp.args.Composite(**items))
             cfg = Config.from_dict(restored.config)
-            progress = dict(restored.progress) if "progress" in items else {}
+            progress = Progress.from_dict(restored.progress if "progress" in items else {})
             _check_readable(os.path.join(path, "state"))
         except UserError:
             raise
@@ -118,15 +135,9 @@ class Checkpoints:
             self._manager.close()
 
 
-def raw_key(state: TrainState) -> TrainState:
-    """`state` with its typed key as the key's raw uint32 data: what checkpoints hold (orbax
-    cannot store typed keys, and 0.2 stored the same data) and what NumPy can compare."""
-    return state.replace(rng=jax.random.key_data(state.rng))
-
-
 def _stored_shapes(cfg: Config) -> TrainState:
     """The shapes and dtypes a checkpoint of `cfg` holds."""
-    return jax.eval_shape(lambda: raw_key(create_train_state(cfg.step, cfg.seed)))
+    return jax.eval_shape(lambda: raw_key(create_train_state(cfg.step_config(), cfg.seed)))
 
 
 def restart_advice(directory: str, processes: int) -> str:

@@ -25,7 +25,7 @@ from typing import Callable
 
 import jax
 import numpy as np
-from jax._src import distributed as jax_distributed  # the client: no public accessor in JAX
+from jax._src import distributed as jax_distributed
 from jax.experimental import multihost_utils
 
 from jax_dcgan.common.errors import ProcessLost, TrainingStopped, UserError, error_line, summarize
@@ -68,8 +68,19 @@ least 30 s, so that a short timeout does not make the runtime itself hasty).
                         "process got the same coordinator address and process count, a "
                         "distinct process id, and that the coordinator's port is reachable."
                         ) from None
-    _cluster = (jax_distributed.global_state.client, jax.process_index(), jax.process_count(),
-                heartbeat_timeout_s)
+    _cluster = (_client(), jax.process_index(), jax.process_count(), heartbeat_timeout_s)
+
+
+def _client():
+    """This process's client of JAX's coordination service (its key-value store, barriers
+    and peers' liveness). JAX has no public accessor: `jax.distributed` offers initialize,
+    is_initialized and shutdown, and JAX's own multihost_utils read this attribute."""
+    client = jax_distributed.global_state.client
+    if client is None:
+        raise UserError("This is a multi-process run, but jax.distributed was not started in "
+                        "this process; start it with jax.distributed.initialize (or the "
+                        "command line's --coordinator-address flags) before training.")
+    return client
 
 
 def is_primary() -> bool:
@@ -87,7 +98,7 @@ def barrier(name: str, timeout_s: int = 1800) -> None:
     """
     if jax.process_count() == 1:
         return
-    jax_distributed.global_state.client.wait_at_barrier(f"jax-dcgan: {name}", 1000 * timeout_s)
+    _client().wait_at_barrier(f"jax-dcgan: {name}", 1000 * timeout_s)
     jax.block_until_ready(jax.pmap(lambda x: jax.lax.psum(x, "all"), "all")(
         np.zeros(jax.local_device_count(), np.int32)))
 

@@ -27,10 +27,10 @@ import numpy as np
 from jax_dcgan.common import runtime
 from jax_dcgan.common.errors import TrainingStopped, UserError
 from jax_dcgan.outputs import pictures, plots
+from jax_dcgan.outputs.plots import Kind
 from jax_dcgan.outputs.sample import (GRID_IMAGES, generate_images, make_grid, sampling_generator,
                                       save_png)
 from jax_dcgan.quality import metrics
-from jax_dcgan.training.writers import Kind
 
 __all__ = ["EpochEnd", "NoEpochEnd", "QUEUED_EPOCHS"]
 

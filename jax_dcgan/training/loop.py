@@ -28,32 +28,19 @@ from jax_dcgan.config import Config, StepConfig
 from jax_dcgan.data import dataset
 from jax_dcgan.model import convert
 from jax_dcgan.model.step import METRICS, TrainState, check_fits, create_train_state, metrics_dict
+from jax_dcgan.outputs.plots import Kind
 from jax_dcgan.outputs.sample import GRID_IMAGES, draw_noise, grid_pass, sampling_generator
 from jax_dcgan.training import checkpoint, distributed, rundir
+from jax_dcgan.training.checkpoint import Progress
 from jax_dcgan.training.dispatch import Dispatch, Plan, choose_steps_per_dispatch, time_one_step
 from jax_dcgan.training.epoch_end import EpochEnd, NoEpochEnd
 from jax_dcgan.training.feeding import Batches, Feed, fits_on_device
 from jax_dcgan.training.parallel import Parallelism, select_devices
-from jax_dcgan.training.writers import Kind, Writers, open_writers
+from jax_dcgan.training.writers import Writers, open_writers
 
-__all__ = ["Divergence", "Progress", "Run", "train"]
+__all__ = ["Divergence", "Run", "train"]
 
 MAX_ROLLBACKS = 3
-
-
-@dataclasses.dataclass
-class Progress:
-    """What a checkpoint keeps beside the state for an exact resume: the steps per call the
-    run chose and for which devices, and the best diversity seen so far."""
-    steps_per_dispatch: int = 0
-    platform: str = ""
-    device_count: int = 0
-    best_diversity: float = 0.0
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Progress":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,9 +64,15 @@ class Run:
     feed: Feed
     pending: PendingMetrics
     signals: StopSignals
-    epoch_end: EpochEnd | NoEpochEnd | None = None  # made from the run
-    rollbacks: int = 0
-    last_save: float = dataclasses.field(default_factory=time.monotonic)
+    images: dataclasses.InitVar[np.ndarray]  # the first process's epoch ends show them
+    primary: dataclasses.InitVar[bool]
+    epoch_end: EpochEnd | NoEpochEnd = dataclasses.field(init=False)
+    rollbacks: int = dataclasses.field(init=False, default=0)
+    last_save: float = dataclasses.field(init=False)  # time.monotonic() of the last save
+
+    def __post_init__(self, images: np.ndarray, primary: bool):
+        self.epoch_end = EpochEnd(self, images) if primary else NoEpochEnd()
+        self.last_save = time.monotonic()
 
 
 def train(cfg: Config, out: str, resume: bool = False, quiet: bool = False) -> TrainState:
@@ -139,8 +132,8 @@ def _train(cfg: Config, out: str, resume: bool, quiet: bool) -> TrainState:
 
     run = Run(cfg, step_cfg, parallelism, plan, directory, checkpoints,
               open_writers(directory if primary else None, plan, cfg, start, quiet), progress,
-              Feed(plan, batches, start), PendingMetrics(cfg.batch_size), StopSignals())
-    run.epoch_end = EpochEnd(run, images) if primary else NoEpochEnd()
+              Feed(plan, batches, start), PendingMetrics(cfg.batch_size), StopSignals(),
+              images, primary)
     grid_fn = parallelism.per_replica(functools.partial(grid_pass, step_cfg.model))
     grid_noise = draw_noise(cfg.latent_dim, GRID_IMAGES, cfg.seed)
     with _reporting_file_errors(run), run.writers, run.epoch_end, run.signals, run.feed:
@@ -199,7 +192,7 @@ def initial_state(step_cfg: StepConfig, seed: int, checkpoints: checkpoint.Check
     """The latest checkpoint's state and progress when resuming, else a fresh state."""
     if resume and checkpoints.latest_step() is not None:
         state, _, progress = checkpoints.restore(sharding=parallelism.restore_sharding())
-        return state, Progress.from_dict(progress)
+        return state, progress
     return create_train_state(step_cfg, seed), Progress()
 
 
@@ -283,14 +276,15 @@ def write_metrics(run: Run, everything: bool) -> Divergence | None:
     return None
 
 
-def save_checkpoint(run: Run, state) -> None:
-    run.progress.best_diversity = run.epoch_end.best_diversity
-    run.checkpoints.save(run.parallelism.savable(state), run.cfg,
-                         dataclasses.asdict(run.progress))
+def save_checkpoint(run: Run, state: TrainState) -> None:
+    """Checkpoint the placed `state` with the run's progress (its best diversity as of now)."""
+    run.progress = dataclasses.replace(run.progress,
+                                       best_diversity=run.epoch_end.best_diversity)
+    run.checkpoints.save(run.parallelism.savable(state), run.cfg, run.progress)
     run.last_save = time.monotonic()
 
 
-def roll_back(run: Run, divergence: Divergence):
+def roll_back(run: Run, divergence: Divergence) -> TrainState:
     """Stop with Diverged, or (with --on-nonfinite rollback) go back to the last checkpoint
     with a new noise stream; returns the placed state to continue from."""
     run.rollbacks += 1
@@ -307,7 +301,7 @@ def roll_back(run: Run, divergence: Divergence):
     state, _, progress = checkpoints.restore(last, sharding=run.parallelism.restore_sharding())
     state = state.replace(rng=jax.random.fold_in(state.rng, 1_000_003 * run.rollbacks))
     # The epoch outputs first: they may still be writing.
-    run.epoch_end.rewind(Progress.from_dict(progress).best_diversity)
+    run.epoch_end.rewind(progress.best_diversity)
     run.writers.rewind(last)
     run.writers.write_scalars(last, Kind.ROLLBACK, {"rollback": run.rollbacks, "reason": message})
     run.pending.clear()

@@ -10,7 +10,6 @@ write.
 
 from __future__ import annotations
 
-import enum
 import json
 import numbers
 import os
@@ -24,32 +23,13 @@ from tqdm.auto import tqdm
 from jax_dcgan.common.files import write_text
 from jax_dcgan.common.optional import import_tensorboardx
 from jax_dcgan.config import Config
-from jax_dcgan.outputs.plots import read_records
+from jax_dcgan.outputs.plots import Kind, read_records, record_kind
 from jax_dcgan.quality.metrics import inception_summary
 from jax_dcgan.training.dispatch import Plan
 from jax_dcgan.training.rundir import RunDir
 
-__all__ = ["ConsoleWriter", "History", "JsonlWriter", "Kind", "MetricWriter", "TensorBoardWriter",
-           "Writers", "open_writers", "record_kind"]
-
-
-class Kind(enum.Enum):
-    """What a record of metrics.jsonl is (its `kind`)."""
-    STEP = "step"              # one training step's losses, accuracies and throughput
-    EPOCH = "epoch"            # an epoch end's diversity monitor and timing
-    EVALUATION = "evaluation"  # SWD, FID and KID
-    ROLLBACK = "rollback"      # a rollback to a checkpoint after non-finite losses
-
-
-def record_kind(record: Mapping[str, Any]) -> Kind:
-    """The kind of a metrics.jsonl record; version 0.2 wrote none, and its kinds had these
-    keys."""
-    if "kind" in record:
-        return Kind(record["kind"])
-    if "g_loss" in record:
-        return Kind.STEP
-    return Kind.EVALUATION if "swd" in record else (
-        Kind.ROLLBACK if "rollback" in record else Kind.EPOCH)
+__all__ = ["ConsoleWriter", "History", "JsonlWriter", "MetricWriter", "TensorBoardWriter",
+           "Writers", "open_writers"]
 
 
 class MetricWriter:
@@ -237,11 +217,15 @@ class Writers(MetricWriter):
     """A run's writers as one, safe to call from the loop and the background thread: each
     writer has its own lock, so that one thread writing a sample grid to TensorBoard does
     not hold up the other's metrics.jsonl line. The console (the progress bar) and the
-    history (what the plots show) are among them, and also reachable by name."""
+    history (what the plots show; the first process only) are among them, and also
+    reachable by name."""
 
-    def __init__(self, console: ConsoleWriter, history: History, *others: MetricWriter):
+    def __init__(self, console: ConsoleWriter, history: History | None = None,
+                 *files: MetricWriter):
         self.console, self.history = console, history
-        self.writers = [(w, threading.Lock()) for w in (console, history, *others)]
+        # The files first: a record that cannot be written is then not shown or plotted.
+        writers = (*files, console) + ((history,) if history is not None else ())
+        self.writers = [(w, threading.Lock()) for w in writers]
 
     def _each(self, method: str, *args) -> None:
         for writer, lock in self.writers:
@@ -274,13 +258,13 @@ def open_writers(directory: RunDir | None, plan: Plan, cfg: Config, start: int, 
     process is dropped."""
     console = ConsoleWriter(plan, cfg.log_every, start, disable=quiet or directory is None)
     if directory is None:
-        return Writers(console, History())
+        return Writers(console)
     jsonl = JsonlWriter(directory.metrics)
-    others: list[MetricWriter] = [jsonl]
+    files: list[MetricWriter] = [jsonl]
     history = History(jsonl.rewind(start))
     if cfg.tensorboard and import_tensorboardx() is None:
         warnings.warn("tensorboardX is not installed, so no TensorBoard logs are written "
                       "(pip install tensorboardX, or --no-tensorboard to silence this).")
     elif cfg.tensorboard:
-        others.append(TensorBoardWriter(directory.tensorboard, start, cfg.log_every))
-    return Writers(console, history, *others)
+        files.append(TensorBoardWriter(directory.tensorboard, start, cfg.log_every))
+    return Writers(console, history, *files)
