@@ -16,8 +16,8 @@ import sys
 from jax_dcgan import __version__
 from jax_dcgan.common import runtime
 from jax_dcgan.common.errors import TrainingStopped, UserError, error_line, summarize
-from jax_dcgan.config import (BENCH_VARIANTS, CONV_BACKENDS, CONV_IMPLS, INT64, PRESETS, Config,
-                              check_seed, flag, preset, read_config_file)
+from jax_dcgan.config import (BENCH_VARIANTS, BN_STATS, CONV_BACKENDS, CONV_IMPLS, INT64, PRESETS,
+                              Config, check_seed, flag, preset, read_config_file)
 
 __all__ = ["main"]
 
@@ -517,7 +517,7 @@ def _add_eval_command(sub) -> None:
                    help="samples, or the first images of --fake, and as many real images")
     p.add_argument("--seed", type=integer, default=0,
                    help="seed for the noise, SWD's projections and KID's subsets")
-    p.add_argument("--bn", choices=("running", "batch"), default="batch",
+    p.add_argument("--bn", choices=BN_STATS, default="batch",
                    help="BatchNorm statistics while generating (see sample)")
     p.add_argument("--no-fid", action="store_true",
                    help="SWD only (no Inception network, so no FID or KID)")
@@ -541,7 +541,7 @@ def _add_sample_command(sub) -> None:
     p.add_argument("--out", required=True, help="grid PNG to write")
     p.add_argument("--noise", help="(N, latent) float32 .npy to use instead of drawing")
     p.add_argument("--save-array", help="also write the images as (N, H, W, C) float32 .npy")
-    p.add_argument("--bn", choices=("running", "batch"),
+    p.add_argument("--bn", choices=BN_STATS,
                    help="BatchNorm statistics: running (eval mode) or the batch's own "
                         "(train mode, as the lecture's grids); default batch, and running "
                         "for --interpolate (each image then depends on its vector alone)")

@@ -17,9 +17,9 @@ from typing import Any
 
 from jax_dcgan.common.errors import UserError, summarize
 
-__all__ = ["BENCH_VARIANTS", "CONV_BACKENDS", "CONV_IMPLS", "Config", "DTYPES", "FID_MODES",
-           "INT64", "ModelConfig", "Numerics", "PRESETS", "StepConfig", "check_seed",
-           "conv_backend", "flag", "preset", "read_config_file"]
+__all__ = ["BENCH_VARIANTS", "BN_STATS", "CONV_BACKENDS", "CONV_IMPLS", "Config", "DTYPES",
+           "FID_MODES", "INT64", "ModelConfig", "Numerics", "PRESETS", "StepConfig", "check_seed",
+           "conv_backend", "flag", "from_known_fields", "preset", "read_config_file"]
 
 
 def _field(default: Any, help: str, **choices: Any) -> Any:
@@ -39,6 +39,7 @@ def check_seed(name: str, value: int) -> None:
         raise UserError(f"--{flag(name)} must lie in [0, {SEEDS}) (JAX's random keys hold "
                         f"32 bits of it), got {value}.")
 FID_MODES = ("clean", "legacy_tensorflow")  # see inception.py
+BN_STATS = ("batch", "running")  # what BatchNorm normalises with when sampling (`--bn`)
 # The variants of `jax-dcgan bench` (bench.py), named here so that the command line's help
 # needs no JAX.
 BENCH_VARIANTS = ("torch", "torch-compiled", "jax-jit-matmul", "jax-jit-xla", "jax-pmap",
@@ -239,15 +240,16 @@ class Config:
     def model_config(self, numerics: Numerics | None = None) -> ModelConfig:
         """What the networks compute with `numerics` (default: `self.numerics()`, which
         starts JAX's backends to ask for the default one)."""
-        return ModelConfig(numerics=numerics or self.numerics(),
-                           **{f.name: getattr(self, f.name) for f in dataclasses.fields(ModelConfig)
-                              if f.name != "numerics"})
+        return self._subset(ModelConfig, numerics=numerics or self.numerics())
 
     def step_config(self, numerics: Numerics | None = None) -> StepConfig:
         """What the training step computes with `numerics` (default as `model_config`)."""
-        return StepConfig(model=self.model_config(numerics),
-                          **{f.name: getattr(self, f.name) for f in dataclasses.fields(StepConfig)
-                             if f.name != "model"})
+        return self._subset(StepConfig, model=self.model_config(numerics))
+
+    def _subset(self, cls: type, **given: Any) -> Any:
+        """`cls` with `given` and, for its other fields, this configuration's values."""
+        return cls(**given, **{f.name: getattr(self, f.name) for f in dataclasses.fields(cls)
+                               if f.name not in given})
 
     @property
     def model(self) -> ModelConfig:
@@ -262,12 +264,17 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Config":
-        """The fields `d` names (others, e.g. of another version, are ignored)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return from_known_fields(cls, d)
 
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)
+
+
+def from_known_fields(cls: type, d: dict[str, Any]) -> Any:
+    """A dataclass from the fields `d` names; others (e.g. of another version, in a saved
+    file) are ignored."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in d.items() if k in names})
 
 
 def flag(name: str) -> str:

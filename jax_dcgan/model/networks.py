@@ -17,10 +17,9 @@ from flax import linen as nn
 from jax_dcgan.config import ModelConfig
 from jax_dcgan.model.layers import BatchNorm, Conv, ConvTranspose, dcgan_normal
 
-__all__ = ["DTYPES", "Discriminator", "Generator", "init_variables", "leaky_relu",
+__all__ = ["Discriminator", "Generator", "init_variables", "leaky_relu",
            "torch_layer_indices", "training_bytes"]
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
 
 
 def leaky_relu(x: jax.Array, slope: float) -> jax.Array:
@@ -34,7 +33,7 @@ def _activation(kind: str, slope: float):
 
 def _layer_kwargs(cfg: ModelConfig) -> tuple[dict, dict]:
     """Keyword arguments of the convolutions and of the BatchNorms."""
-    dtype = DTYPES[cfg.numerics.dtype]
+    dtype = jnp.dtype(cfg.numerics.dtype)
     conv, bn = dict(dtype=dtype, backend=cfg.numerics.conv), dict(dtype=dtype)
     if cfg.weight_init == "dcgan":
         conv["kernel_init"], bn["scale_init"] = dcgan_normal(), dcgan_normal(1.0)
@@ -135,7 +134,7 @@ def training_bytes(cfg: ModelConfig, batch_size: int) -> int:
             + 2 * sum(s * s * w for s, w in zip(sizes[::-1], dis)))
     dtype = cfg.numerics.dtype
     weight_bytes = 8 if dtype == "float64" else 4  # bfloat16 keeps float32 weights
-    return 4 * weight_bytes * weights + jnp.dtype(DTYPES[dtype]).itemsize * batch_size * maps
+    return 4 * weight_bytes * weights + jnp.dtype(dtype).itemsize * batch_size * maps
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -28,8 +28,7 @@ from jax import lax
 
 from jax_dcgan.common.errors import UserError
 from jax_dcgan.config import ModelConfig, StepConfig
-from jax_dcgan.model.networks import (DTYPES, Discriminator, Generator, init_variables,
-                                      training_bytes)
+from jax_dcgan.model.networks import Discriminator, Generator, init_variables, training_bytes
 
 __all__ = ["AXIS", "METRICS", "TrainState", "check_fits", "create_train_state",
            "draw_step_randomness", "jit_train_steps", "metrics_dict", "normalize_images",
@@ -151,7 +150,7 @@ def train_step(state: TrainState, images: jax.Array, *, cfg: StepConfig,
     (len(METRICS),), averaged over devices."""
     gen, dis = Generator(cfg.model, axis_name), Discriminator(cfg.model, axis_name)
     tx_g, tx_d = optimizers(cfg)
-    dtype = DTYPES[cfg.model.numerics.dtype]
+    dtype = jnp.dtype(cfg.model.numerics.dtype)
     devices = 1 if axis_name is None else lax.axis_size(axis_name)
     rand = jax.tree.map(lambda x: _device_rows(x, axis_name),
                         draw_step_randomness(step_key(state), cfg, images.shape[0] * devices))

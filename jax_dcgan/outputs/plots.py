@@ -35,10 +35,10 @@ def record_kind(record: Mapping[str, Any]) -> Kind:
     keys."""
     if "kind" in record:
         return Kind(record["kind"])
-    if "g_loss" in record:
-        return Kind.STEP
-    return Kind.EVALUATION if "swd" in record else (
-        Kind.ROLLBACK if "rollback" in record else Kind.EPOCH)
+    for key, kind in (("g_loss", Kind.STEP), ("swd", Kind.EVALUATION), ("rollback", Kind.ROLLBACK)):
+        if key in record:
+            return kind
+    return Kind.EPOCH
 
 
 def read_metrics(path: str) -> list[dict]:

@@ -10,14 +10,11 @@ import numpy as np
 from PIL import Image
 
 from jax_dcgan.common.files import atomic_write
-from jax_dcgan.config import ModelConfig
+from jax_dcgan.config import BN_STATS, ModelConfig
 from jax_dcgan.model.networks import Generator
 
 __all__ = ["GRID_IMAGES", "draw_noise", "generate", "generate_images", "grid_pass", "make_grid",
            "sampling_generator", "save_png", "to_image", "to_pixels"]
-
-BN_STATS = ("batch", "running")  # what BatchNorm normalises with when sampling (`--bn`)
-
 
 @functools.partial(jax.jit, static_argnames=("cfg", "bn"))
 def generate(cfg: ModelConfig, generator: dict, noise: jax.Array, bn: str = "batch"

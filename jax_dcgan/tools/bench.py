@@ -49,7 +49,7 @@ from jax_dcgan.common.optional import import_torch
 from jax_dcgan.config import BENCH_VARIANTS, CONV_BACKENDS, Config
 from jax_dcgan.data.dataset import cache_root
 from jax_dcgan.model.layers import Conv, ConvTranspose, conv2d, conv_transpose2d
-from jax_dcgan.model.networks import DTYPES, Discriminator, Generator
+from jax_dcgan.model.networks import Discriminator, Generator
 from jax_dcgan.model.step import check_fits, create_train_state, jit_train_steps, pmap_train_steps
 from jax_dcgan.outputs.plots import read_metrics, steady_images_per_s
 from jax_dcgan.tools.hlo import Program, xla_costs
@@ -371,9 +371,9 @@ def layer_times(cfg: Config, repeats: int, calls: int = 10) -> list[dict]:
         transposed = isinstance(module, ConvTranspose)
         op = conv_transpose2d if transposed else conv2d
         k, c, o = module.kernel_size, x_shape[-1], module.features
-        x = jnp.asarray(rng.standard_normal(x_shape), DTYPES[cfg.dtype])
+        x = jnp.asarray(rng.standard_normal(x_shape), jnp.dtype(cfg.dtype))
         kernel = jnp.asarray(rng.standard_normal((c, k, k, o) if transposed else (k, k, c, o))
-                             / np.sqrt(k * k * c), DTYPES[cfg.dtype])
+                             / np.sqrt(k * k * c), jnp.dtype(cfg.dtype))
         row = {"layer": name, "input": list(x_shape), "kernel": list(kernel.shape)}
         for backend in CONV_BACKENDS:
             loss = functools.partial(_layer_loss, op=op, stride=module.stride,

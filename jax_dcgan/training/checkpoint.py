@@ -20,7 +20,7 @@ import tensorstore as ts
 
 from jax_dcgan.common import runtime
 from jax_dcgan.common.errors import UserError, summarize
-from jax_dcgan.config import Config
+from jax_dcgan.config import Config, from_known_fields
 from jax_dcgan.model.step import TrainState, create_train_state, raw_key
 
 __all__ = ["Checkpoints", "Progress", "load_checkpoint", "restart_advice"]
@@ -34,11 +34,6 @@ class Progress:
     platform: str = ""
     device_count: int = 0
     best_diversity: float = 0.0
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Progress":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 RUN_SUBDIR = "checkpoints"
@@ -89,7 +84,8 @@ class Checkpoints:
                 items["progress"] = ocp.args.JsonRestore()
             restored = self._manager.restore(step, args=ocp.args.Composite(**items))
             cfg = Config.from_dict(restored.config)
-            progress = Progress.from_dict(restored.progress if "progress" in items else {})
+            progress = from_known_fields(Progress, restored.progress if "progress" in items
+                                         else {})
             _check_readable(os.path.join(path, "state"))
         except UserError:
             raise
